@@ -14,3 +14,74 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+
+TOY_LABELS = ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]
+_PER = ["anna", "bob", "carla", "dmitri", "eve", "farid", "greta", "hugo"]
+_LOC = [["oslo"], ["new", "york"], ["paris"], ["rio", "de", "janeiro"], ["lima"]]
+_ORG = [["acme", "corp"], ["united", "nations"], ["red", "cross"], ["nasa"]]
+_TEMPLATES = [
+    "{PER} lives in {LOC} .",
+    "{PER} works for {ORG} in {LOC} .",
+    "the {ORG} office in {LOC} hired {PER} .",
+    "yesterday {PER} met {PER} .",
+    "{ORG} opened a lab",
+]
+
+
+def toy_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Template sentences with PER / LOC / ORG spans: learnable by a tiny BERT in a few steps."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for tok in rng.choice(_TEMPLATES).split():
+            if tok.startswith("{"):
+                typ = tok[1:-1]
+                span = [rng.choice(_PER)] if typ == "PER" else rng.choice(_LOC if typ == "LOC" else _ORG)
+                words += span
+                tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(span) - 1)
+            else:
+                words.append(tok)
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def write_conll(path: Path, sentences) -> None:
+    path.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(ws, ts)) for ws, ts in sentences) + "\n")
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("toy_data")
+    for split, n, seed in (("train", 96, 1), ("dev", 24, 2), ("test", 24, 3)):
+        write_conll(d / f"{split}.txt", toy_sentences(n, seed))
+    return d
+
+
+def make_tiny_encoder(directory: Path, labels=TOY_LABELS, layers: int = 2, hidden: int = 32, dropout: float = 0.1,
+                      seed: int = 0) -> Path:
+    """A tiny randomly initialised BERT token classifier + the real MiniLM (uncased WordPiece) tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from training.model import default_encoder_path
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=512,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                     num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={l: i for i, l in enumerate(labels)})
+    BertForTokenClassification(cfg).save_pretrained(directory, safe_serialization=True)
+    AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), layers=4)

@@ -1,0 +1,654 @@
+"""Export a BERT-CRF checkpoint to a self-contained ONNX directory for ONNX Runtime serving.
+
+    python -m export.onnx RUN_OR_CHECKPOINT [--out DIR] [--opset N] [--quantize int8] [--optimize]
+                                            [--max-length 128]
+
+The encoder + token-classification head (a plain ``AutoModelForTokenClassification`` folder) is
+exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
+(:mod:`export.viterbi`). See :mod:`export.format` for the directory layout and manifest keys.
+
+* default output: ``RUN/onnx/`` for a run directory (``runs/student`` -> ``runs/student/onnx``);
+  for a checkpoint ``RUN/best`` or ``RUN/last`` also ``RUN/onnx``; for any other checkpoint
+  directory ``X`` the sibling ``X-onnx``.
+* ``--optimize`` runs the ONNX Runtime transformer fusions (``model_type="bert"``) and the fused
+  graph *replaces* ``model.onnx`` (if nothing was fused the plain graph is kept, and the
+  manifest and stdout say so). ``--quantize int8`` quantises ``model.onnx`` (after the fusions,
+  if any) dynamically to ``model.int8.onnx``.
+* parity with PyTorch is measured at export time on a fixed set of sentences of varied lengths
+  (max |emission| difference, agreement of the Viterbi tags) and stored in the manifest.
+* everything is written to a temporary sibling directory and renamed into place at the end, so
+  a failure never leaves a half-written export. Bad input (no such directory, not a checkpoint,
+  missing CRF tensors, unsupported opset, ...) -> one-line error, exit code 2; a failure of the
+  export itself -> exit code 1. No network access is needed (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from export import format as fmt
+from export import viterbi as np_crf
+from training import checkpoint as ckpt
+
+MIN_OPSET = 14  # scaled_dot_product_attention needs 14
+MAX_OPSET = 20  # torch's TorchScript exporter (which optimum uses) supports opsets up to 20
+DEFAULT_MAX_LENGTH = 128
+EXPORTED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                            "added_tokens.json", "vocab.json", "merges.txt", "spiece.model",
+                            "sentencepiece.bpe.model")
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+# Words for the parity check: one word, short, punctuation / casing / unicode / URLs (several
+# sub-tokens per word), medium, and one long enough to be cut at max_length.
+_LONG = ("The committee of the International Olympic Committee met in Lausanne on Tuesday to discuss "
+         "the 2032 bid from Brisbane , Queensland , which Prime Minister Anthony Albanese called a "
+         "once-in-a-generation opportunity for Australia and the Pacific region .").split()
+PARITY_SENTENCES = [
+    ["Paris"],
+    ["John", "Smith", "lives", "in", "New", "York", "."],
+    ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
+    ["@bob_99", "lol", "omg", "Starbucks", "w/", "Ánna", "in", "Zürich", "!!!", "#NLProc", "http://t.co/x7Yz"],
+    ["Pharmacokinetics", "of", "acetaminophen", "and", "dextromethorphan", "in", "Reykjavík", "hospitals"],
+    ["I"],
+    _LONG,
+    (_LONG * 4)[:150],  # cut at max_length sub-tokens
+]
+
+
+class ExportError(ValueError):
+    """Bad input to the exporter (exit code 2)."""
+
+
+class ExportFailed(RuntimeError):
+    """The export itself failed (exit code 1)."""
+
+
+def _log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- validation
+def _default_out(given: Path, checkpoint: Path) -> Path:
+    if checkpoint != given:  # a run directory resolved to its best/ checkpoint
+        return given / "onnx"
+    if checkpoint.name in (ckpt.BEST, ckpt.LAST):
+        return checkpoint.parent / "onnx"
+    return checkpoint.with_name(checkpoint.name + "-onnx")
+
+
+def _is_within(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or inside it."""
+    try:
+        a.resolve().relative_to(b.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def validate(source, out=None, opset=None, quantize=None, max_length=None) -> dict:
+    """Check every input before anything is written. Returns the resolved settings."""
+    given = Path(source)
+    try:
+        checkpoint = ckpt.resolve(given)
+        run = ckpt.read_run(checkpoint)
+        crf = ckpt.read_crf_numpy(checkpoint)
+    except ckpt.CheckpointError as e:
+        raise ExportError(str(e)) from None
+    except Exception as e:  # a corrupt crf.safetensors / run.json
+        raise ExportError(f"{given}: unreadable checkpoint: {type(e).__name__}: {e}") from None
+    labels = run.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise ExportError(f"{checkpoint / ckpt.RUN_FILE}: no labels")
+    L = len(labels)
+    for k, shape in (("transitions", (L, L)), ("start", (L,)), ("end", (L,))):
+        if tuple(crf[k].shape) != shape:
+            raise ExportError(f"{checkpoint / ckpt.CRF_FILE}: {k} has shape {tuple(crf[k].shape)}, "
+                              f"expected {shape} for {L} labels")
+        if not np.isfinite(crf[k]).all():
+            raise ExportError(f"{checkpoint / ckpt.CRF_FILE}: {k} contains NaN or infinite values")
+    if not any((checkpoint / f).is_file() for f in MODEL_WEIGHT_FILES):
+        raise ExportError(f"{checkpoint}: no model.safetensors (encoder weights) in the checkpoint")
+    if not (checkpoint / "tokenizer.json").is_file() and not (checkpoint / "tokenizer_config.json").is_file():
+        raise ExportError(f"{checkpoint}: no tokenizer files in the checkpoint")
+    config = json.loads((checkpoint / ckpt.CONFIG_FILE).read_text())
+    cfg_labels = [config.get("id2label", {}).get(str(i)) for i in range(len(config.get("id2label", {})))]
+    if cfg_labels != labels:
+        raise ExportError(f"{checkpoint}: config.json labels {cfg_labels} differ from run.json labels {labels}")
+
+    if opset is not None:
+        if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+            raise ExportError(f"unsupported opset {opset!r}: use {MIN_OPSET}..{MAX_OPSET} "
+                              f"(default: optimum's choice for BERT)")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"unsupported quantization {quantize!r}: only int8")
+
+    if max_length is None:
+        max_length = (run.get("args") or {}).get("max_length") or DEFAULT_MAX_LENGTH
+    try:
+        max_length = int(max_length)
+    except (TypeError, ValueError):
+        raise ExportError(f"bad max_length {max_length!r}") from None
+    max_pos = int(config.get("max_position_embeddings", 512))
+    if not 4 <= max_length <= max_pos:
+        raise ExportError(f"max_length {max_length} must be in 4..{max_pos} (the model's max_position_embeddings)")
+
+    out = Path(out) if out is not None else _default_out(given, checkpoint)
+    if _is_within(checkpoint, out) or _is_within(out, checkpoint):
+        raise ExportError(f"output {out} would overlap the checkpoint {checkpoint}; choose another --out")
+    if out.exists():
+        if not out.is_dir():
+            raise ExportError(f"output {out} exists and is not a directory")
+        if any(out.iterdir()) and not (out / fmt.MANIFEST).is_file():
+            raise ExportError(f"output {out} exists, is not empty and is not an ONNX export; "
+                              f"refusing to replace it (choose another --out)")
+    return {"given": given, "checkpoint": checkpoint, "run": run, "crf": crf, "labels": labels,
+            "config": config, "opset": opset, "quantize": quantize, "max_length": max_length, "out": out}
+
+
+# --------------------------------------------------------------------------- helpers
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def checkpoint_digest(directory: Path) -> tuple[str, dict]:
+    """sha256 of every file of a checkpoint, and one digest over the sorted (name, sha256) list."""
+    files = {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+    h = hashlib.sha256()
+    for name, digest in files.items():
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest(), files
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def encode_words(tokenizer, sentences, max_length: int) -> dict:
+    """Tokenize pre-split sentences (right-padded) -> NumPy inputs + first-sub-token positions.
+
+    Returns ``{"input_ids", "attention_mask"[, "token_type_ids"], "word_index" (B, N), "word_mask" (B, N)}``;
+    words cut by ``max_length`` are dropped (as in training).
+    """
+    enc = tokenizer([list(s) for s in sentences], is_split_into_words=True, truncation=True,
+                    max_length=max_length, padding=True, return_tensors="np")
+    firsts = []
+    for b in range(len(sentences)):
+        idx, seen = [], set()
+        for pos, w in enumerate(enc.word_ids(b)):
+            if w is not None and w not in seen:
+                seen.add(w)
+                idx.append(pos)
+        firsts.append(idx)
+    N = max(1, max(len(f) for f in firsts))
+    word_index = np.zeros((len(sentences), N), dtype=np.int64)
+    word_mask = np.zeros((len(sentences), N), dtype=bool)
+    for b, f in enumerate(firsts):
+        word_index[b, : len(f)] = f
+        word_mask[b, : len(f)] = True
+    out = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
+           if k in enc}
+    out.update(word_index=word_index, word_mask=word_mask)
+    return out
+
+
+def gather_emissions(logits: np.ndarray, word_index: np.ndarray) -> np.ndarray:
+    """``(B, S, L)`` sub-token logits -> ``(B, N, L)`` emissions at the first sub-token of each word."""
+    return np.take_along_axis(logits, word_index[:, :, None], axis=1)
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run_ort(session, inputs: dict) -> np.ndarray:
+    feed = {}
+    for i in session.get_inputs():
+        feed[i.name] = inputs[i.name] if i.name in inputs else np.zeros_like(inputs["input_ids"])
+    return session.run(None, feed)[0]
+
+
+def _paths(emissions, mask, crf) -> list[list[int]]:
+    _, paths = np_crf.viterbi(emissions, mask, crf["transitions"], crf["start"], crf["end"])
+    return [paths[b, : int(mask[b].sum())].tolist() for b in range(len(paths))]
+
+
+def torch_reference(model, tokenizer, sentences, max_length: int) -> dict:
+    """PyTorch logits, emissions and Viterbi tags (training.crf) for the parity sentences."""
+    import torch
+
+    from training import crf as crf_lib
+
+    enc = encode_words(tokenizer, sentences, max_length)
+    batch = {k: torch.from_numpy(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    model.eval()
+    with torch.no_grad():
+        logits = model.encoder(**batch).logits
+        idx = torch.from_numpy(enc["word_index"])
+        emissions = logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))
+        mask = torch.from_numpy(enc["word_mask"])
+        _, paths = crf_lib.viterbi(emissions, mask, model.crf.transitions, model.crf.start, model.crf.end)
+    lengths = enc["word_mask"].sum(1)
+    return {"enc": enc, "logits": logits.numpy(), "emissions": emissions.numpy(),
+            "tags": [paths[b, :n].tolist() for b, n in enumerate(lengths)]}
+
+
+def measure_parity(onnx_path: Path, ref: dict, crf: dict, tokenizer, sentences, max_length: int) -> dict:
+    """Compare an ONNX graph with the PyTorch reference, batched (padded) and one sentence at a time."""
+    sess = _ort_session(onnx_path)
+    enc = ref["enc"]
+    t0 = time.perf_counter()
+    logits = _run_ort(sess, enc)
+    if logits.shape != ref["logits"].shape:
+        raise ExportFailed(f"{onnx_path.name}: output shape {logits.shape} != PyTorch {ref['logits'].shape}")
+    att = enc["attention_mask"].astype(bool)
+    logit_diff = float(np.abs(logits - ref["logits"])[att].max())
+    emissions = gather_emissions(logits, enc["word_index"])
+    wm = enc["word_mask"]
+    em_diff = float(np.abs(emissions - ref["emissions"])[wm].max())
+    tags = _paths(emissions, wm, crf)
+    # one sentence at a time (no padding): dynamic axes and the unpadded path
+    single_diff = 0.0
+    single_tags = []
+    for i, s in enumerate(sentences):
+        e1 = encode_words(tokenizer, [s], max_length)
+        em1 = gather_emissions(_run_ort(sess, e1), e1["word_index"])
+        n = int(e1["word_mask"].sum())
+        single_diff = max(single_diff, float(np.abs(em1[0, :n] - ref["emissions"][i, :n]).max()))
+        single_tags.append(_paths(em1, e1["word_mask"], crf)[0])
+    seconds = time.perf_counter() - t0
+    ref_tags = ref["tags"]
+    words = sum(len(t) for t in ref_tags)
+    agree = sum(a == b for ta, tb in zip(tags, ref_tags) for a, b in zip(ta, tb))
+    agree1 = sum(a == b for ta, tb in zip(single_tags, ref_tags) for a, b in zip(ta, tb))
+    return {
+        "sentences": len(sentences),
+        "words": int(words),
+        "sub_tokens": int(att.sum()),
+        "word_lengths": [int(n) for n in wm.sum(1)],
+        "max_abs_emission_diff": em_diff,
+        "max_abs_emission_diff_unbatched": single_diff,
+        "max_abs_logit_diff": logit_diff,
+        "tag_agreement": agree / max(words, 1),
+        "tag_agreement_unbatched": agree1 / max(words, 1),
+        "sentences_identical": sum(a == b for a, b in zip(tags, ref_tags)) / len(sentences),
+        "seconds": round(seconds, 3),
+    }
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True):
+    """Silence the exporters' warnings and chatter (torch tracer warnings, optimum logging)."""
+    if not enabled:
+        yield
+        return
+    import logging
+
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "onnxruntime", "root", "")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def _make_readable(directory: Path) -> None:
+    """mkdtemp / mkstemp create 0700 / 0600: give the deployable directory the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def _graph_opset(model) -> int:
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _fused_stats(stats: dict) -> dict:
+    return {k: int(v) for k, v in sorted(stats.items()) if int(v) > 0}
+
+
+# --------------------------------------------------------------------------- export
+def export(source, out=None, opset: int | None = None, quantize: str | None = None, optimize: bool = False,
+           max_length: int | None = None, sentences=None, quiet: bool = False) -> Path:
+    """Export ``source`` (run dir or checkpoint); returns the export directory. See the module doc."""
+    s = validate(source, out, opset, quantize, max_length)
+    checkpoint, out, labels, max_length = s["checkpoint"], s["out"], s["labels"], s["max_length"]
+    sentences = [list(x) for x in (sentences or PARITY_SENTENCES)]
+    t_start = time.perf_counter()
+    _log(f"exporting {checkpoint} -> {out}", quiet)
+
+    # imports are slow (optimum ~5 s): only after validation
+    import onnx
+    from transformers.utils import logging as hf_logging
+
+    from training import model as model_lib
+
+    hf_logging.set_verbosity_error()
+    digest, file_hashes = checkpoint_digest(checkpoint)
+
+    missing_parents = []
+    p = out.parent
+    while not p.exists():
+        missing_parents.append(p)
+        p = p.parent
+    try:
+        with ckpt.atomic_dir(out) as tmp:
+            manifest = _export_into(tmp, s, sentences, optimize, quiet, onnx, model_lib)
+            manifest[fmt.K_SOURCE].update(sha256=digest, files=file_hashes)
+            manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)
+            manifest[fmt.K_FILES] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+            ckpt.write_json(tmp / fmt.MANIFEST, manifest)
+            fmt.read_manifest(tmp)  # round trip
+            fmt.read_crf(tmp)
+            _make_readable(tmp)
+    except BaseException:
+        for d in missing_parents:  # parents created for --out: remove again if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    _log(summary(out), quiet)
+    return out
+
+
+def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onnx, model_lib) -> dict:
+    checkpoint, labels, max_length, config = s["checkpoint"], s["labels"], s["max_length"], s["config"]
+    from optimum.exporters.onnx import main_export
+
+    # 1. PyTorch reference (also checks that the checkpoint loads)
+    try:
+        model, tokenizer, run = model_lib.load(checkpoint)
+    except Exception as e:
+        raise ExportFailed(f"could not load {checkpoint}: {type(e).__name__}: {e}") from e
+    ref = torch_reference(model, tokenizer, sentences, max_length)
+    crf = {k: s["crf"][k].astype(np.float32) for k in ckpt.CRF_KEYS}
+
+    # 2. optimum export of the encoder + head (crf.safetensors / run.json are ignored by it)
+    work = tmp / ".optimum"
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            main_export(model_name_or_path=str(checkpoint), output=str(work), task="token-classification",
+                        opset=s["opset"], do_validation=False, local_files_only=True, device="cpu",
+                        library_name="transformers")
+    except Exception as e:
+        raise ExportFailed(f"optimum ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    src = work / fmt.MODEL_FP32
+    if not src.is_file():
+        raise ExportFailed(f"optimum wrote no {fmt.MODEL_FP32} (files: {sorted(p.name for p in work.iterdir())})")
+    if any(p.name.endswith((".onnx_data", ".data")) for p in work.iterdir()):
+        raise ExportFailed("the model needs ONNX external data (> 2 GB); not supported by this exporter")
+    model_path = tmp / fmt.MODEL_FP32
+    shutil.move(str(src), model_path)
+    shutil.rmtree(work)
+    export_seconds = time.perf_counter() - t0
+    onnx.checker.check_model(str(model_path))
+    proto = onnx.load(str(model_path))
+    used_opset = _graph_opset(proto)
+    input_names = [i.name for i in proto.graph.input]
+    output_names = [o.name for o in proto.graph.output]
+    nodes_plain = len(proto.graph.node)
+    del proto
+    _log(f"  onnx: opset {used_opset}, inputs {input_names}, {nodes_plain} nodes, "
+         f"{model_path.stat().st_size / 1e6:.1f} MB ({export_seconds:.1f} s)", quiet)
+
+    # 3. optional ORT transformer fusions (replace model.onnx when something was fused)
+    opt_info = {"requested": bool(optimize), "applied": False}
+    if optimize:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        num_heads = int(config.get("num_attention_heads", 0))
+        hidden = int(config.get("hidden_size", 0))
+        try:
+            with _quiet():
+                opt = optimize_model(str(model_path), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+                stats = opt.get_fused_operator_statistics()
+        except Exception as e:
+            raise ExportFailed(f"ONNX Runtime optimizer failed: {type(e).__name__}: {e}") from e
+        fused = _fused_stats(stats)
+        total = sum(fused.values())
+        opt_info.update(model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0,
+                        fused_operators=fused, fused_total=total, nodes_before=nodes_plain)
+        if total:
+            opt_path = tmp / ".model.opt.onnx"
+            opt.save_model_to_file(str(opt_path))
+            onnx.checker.check_model(str(opt_path))
+            os.replace(opt_path, model_path)
+            nodes_opt = len(onnx.load(str(model_path)).graph.node)
+            opt_info.update(applied=True, nodes_after=nodes_opt, file=fmt.MODEL_FP32,
+                            note=f"fused graph replaces {fmt.MODEL_FP32}")
+            _log(f"  optimize: fused {', '.join(f'{k} x{v}' for k, v in fused.items())}; "
+                 f"{nodes_plain} -> {nodes_opt} nodes (replaces {fmt.MODEL_FP32})", quiet)
+        else:
+            opt_info.update(note=f"nothing was fused; {fmt.MODEL_FP32} is the plain exported graph")
+            _log(f"  optimize: nothing was fused; {fmt.MODEL_FP32} left as exported", quiet)
+        del opt
+
+    # 4. fp32 parity
+    parity = {"fp32": measure_parity(model_path, ref, crf, tokenizer, sentences, max_length)}
+    _log(f"  parity fp32: max |emission diff| {parity['fp32']['max_abs_emission_diff']:.2e}, "
+         f"tags agree {parity['fp32']['tag_agreement']:.4f}", quiet)
+    models = {"fp32": {"file": fmt.MODEL_FP32}}
+
+    # 5. optional int8 dynamic quantisation: per-channel only if it improves parity
+    quant_info = None
+    if s["quantize"] == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        candidates = {}
+        best = None
+        for per_channel in (False, True):
+            q_path = tmp / (".int8-pc.onnx" if per_channel else ".int8.onnx")
+            try:
+                with _quiet():
+                    quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8,
+                                     per_channel=per_channel, reduce_range=False,
+                                     # the fused graph's contrib ops defeat ONNX shape inference
+                                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                onnx.checker.check_model(str(q_path))
+                par = measure_parity(q_path, ref, crf, tokenizer, sentences, max_length)
+            except Exception as e:
+                if not per_channel:
+                    raise ExportFailed(f"int8 quantization failed: {type(e).__name__}: {e}") from e
+                candidates["per_channel"] = {"error": f"{type(e).__name__}: {e}"}
+                q_path.unlink(missing_ok=True)
+                continue
+            candidates["per_channel" if per_channel else "per_tensor"] = {
+                k: par[k] for k in ("max_abs_emission_diff", "tag_agreement", "sentences_identical")}
+            # per-tensor first; per-channel is kept only if it clearly helps parity: more tags agree,
+            # or as many agree and the max emission difference is at least 10% smaller
+            if best is None or par["tag_agreement"] > best[2]["tag_agreement"] or (
+                    par["tag_agreement"] == best[2]["tag_agreement"]
+                    and par["max_abs_emission_diff"] <= 0.9 * best[2]["max_abs_emission_diff"]):
+                if best is not None:
+                    best[1].unlink()
+                best = (per_channel, q_path, par)
+            else:
+                q_path.unlink()
+        per_channel, q_path, par = best
+        os.replace(q_path, tmp / fmt.MODEL_INT8)
+        parity["int8"] = par
+        models["int8"] = {"file": fmt.MODEL_INT8}
+        quant_info = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+                      "activations": "dynamic uint8", "per_channel": per_channel, "reduce_range": False,
+                      "source": fmt.MODEL_FP32 + (" (fused)" if opt_info["applied"] else ""),
+                      "candidates": candidates}
+        _log(f"  int8 ({'per-channel' if per_channel else 'per-tensor'}): max |emission diff| "
+             f"{par['max_abs_emission_diff']:.2e}, tags agree {par['tag_agreement']:.4f}, "
+             f"{(tmp / fmt.MODEL_INT8).stat().st_size / 1e6:.1f} MB", quiet)
+
+    for prec, entry in models.items():
+        f = tmp / entry["file"]
+        sess = _ort_session(f)
+        entry.update(bytes=f.stat().st_size, sha256=_sha256(f),
+                     input_types={i.name: i.type for i in sess.get_inputs()},
+                     output_names=[o.name for o in sess.get_outputs()])
+
+    # 6. CRF, tokenizer and config
+    fmt.write_crf(tmp, labels, crf["transitions"], crf["start"], crf["end"])
+    for name in EXPORTED_TOKENIZER_FILES + (ckpt.CONFIG_FILE,):
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, tmp / name)
+    if not (tmp / fmt.TOKENIZER_FILE).is_file():  # e.g. a checkpoint saved with only vocab.txt
+        tokenizer.save_pretrained(str(tmp))
+        for f in tmp.glob("*.py"):
+            f.unlink()
+    tokenizer_check = _normalise_tokenizer_json(tmp / fmt.TOKENIZER_FILE, tokenizer, sentences, max_length)
+
+    run = s["run"]
+    return {
+        fmt.K_FORMAT: fmt.FORMAT,
+        fmt.K_VERSION: fmt.FORMAT_VERSION,
+        fmt.K_CREATED: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        fmt.K_SOURCE: {"checkpoint": str(checkpoint.resolve()), "given": str(s["given"]),
+                       "checkpoint_format": run.get("format"), "checkpoint_version": run.get("version"),
+                       "saved_at": run.get("saved_at"), "epoch": run.get("epoch"),
+                       "metrics": run.get("metrics")},
+        fmt.K_KIND: run.get("kind"),
+        fmt.K_METHOD: run.get("method"),
+        fmt.K_VERSIONS: _versions(),
+        fmt.K_OPSET: used_opset,
+        "opset_requested": s["opset"],
+        fmt.K_LABELS: list(labels),
+        fmt.K_MAX_LENGTH: max_length,
+        fmt.K_INPUTS: input_names,
+        fmt.K_OUTPUTS: output_names,
+        "dynamic_axes": {"batch": 0, "sequence": 1},
+        "emissions": "logits (batch, sequence, labels) per sub-token; the CRF runs on the logits of the "
+                     "first sub-token of every word",
+        fmt.K_PRECISIONS: list(models),
+        fmt.K_MODELS: models,
+        fmt.K_MODEL: {"model_type": config.get("model_type"), "hidden_size": config.get("hidden_size"),
+                      "num_layers": config.get("num_hidden_layers"),
+                      "num_heads": config.get("num_attention_heads"), "vocab_size": config.get("vocab_size"),
+                      "num_parameters": run.get("num_parameters")},
+        fmt.K_OPTIMIZE: opt_info,
+        fmt.K_QUANTIZATION: quant_info,
+        fmt.K_PARITY: parity,
+        fmt.K_TOKENIZER: tokenizer_check,
+    }
+
+
+def _normalise_tokenizer_json(path: Path, hf_tokenizer, sentences, max_length: int) -> dict:
+    """Make ``tokenizer.json`` encode exactly as training did, with the `tokenizers` library alone.
+
+    A checkpoint's tokenizer.json can carry padding / truncation settings of its origin (the
+    packaged all-MiniLM-L6-v2 pads every input to 128 tokens). The exported file has padding
+    off and truncation at ``max_length`` (longest-first, right, stride 0: what transformers'
+    ``truncation=True, max_length=...`` used in training); then it is checked against
+    transformers on the parity sentences.
+    """
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_file(str(path))
+    before = {"padding": tk.padding, "truncation": tk.truncation}
+    tk.no_padding()
+    tk.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+    tk.save(str(path))
+    tk = Tokenizer.from_file(str(path))
+    mismatched = 0
+    for words in sentences:
+        a = tk.encode(words, is_pretokenized=True).ids
+        b = hf_tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)["input_ids"]
+        mismatched += a != b
+    if mismatched:
+        raise ExportFailed(f"{path.name}: the `tokenizers` library encodes {mismatched} of {len(sentences)} "
+                           f"parity sentences differently from transformers; serving would be wrong")
+    return {"file": fmt.TOKENIZER_FILE, "library": "tokenizers", "checked_sentences": len(sentences),
+            "identical_ids": True,
+            "padding": None, "truncation": {"max_length": max_length, "strategy": "longest_first",
+                                            "direction": "right"},
+            "changed_from_checkpoint": {k: v for k, v in before.items()
+                                        if v != (None if k == "padding" else tk.truncation)}}
+
+
+def summary(out: Path) -> str:
+    man = fmt.read_manifest(out)
+    lines = [f"wrote {out}  (opset {man[fmt.K_OPSET]}, inputs {', '.join(man[fmt.K_INPUTS])}, "
+             f"max_length {man[fmt.K_MAX_LENGTH]}, {len(man[fmt.K_LABELS])} labels)"]
+    for prec in man[fmt.K_PRECISIONS]:
+        m, p = man[fmt.K_MODELS][prec], man[fmt.K_PARITY][prec]
+        lines.append(f"  {prec:<5} {m['file']:<17} {m['bytes'] / 1e6:7.2f} MB   max |emission diff| "
+                     f"{p['max_abs_emission_diff']:.2e}   tag agreement {p['tag_agreement']:.4f} "
+                     f"({p['words']} words, {p['sentences']} sentences)")
+    o = man[fmt.K_OPTIMIZE]
+    if o.get("requested"):
+        if o.get("applied"):
+            lines.append(f"  optimized: {o['fused_total']} fused operators "
+                         f"({', '.join(f'{k}={v}' for k, v in o['fused_operators'].items())})")
+        else:
+            lines.append(f"  optimized: {o['note']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.splitlines()[0])
+    ap.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="run directory (runs/student) or checkpoint")
+    ap.add_argument("--out", default=None, help="output directory (default: RUN/onnx)")
+    ap.add_argument("--opset", type=int, default=None,
+                    help=f"ONNX opset {MIN_OPSET}..{MAX_OPSET} (default: optimum's default for BERT)")
+    ap.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamic int8 model")
+    ap.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusions (replace model.onnx)")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help=f"max sub-tokens per sentence (default: the run's, else {DEFAULT_MAX_LENGTH})")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        export(args.source, args.out, args.opset, args.quantize, args.optimize, args.max_length, quiet=args.quiet)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything unexpected: still one line, and nothing half-written
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: export failed: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

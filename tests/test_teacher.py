@@ -1,0 +1,120 @@
+"""Teacher fine-tuning end to end on a toy dataset with a tiny random BERT: learning, outputs,
+resume after an interruption, config files, evaluation CLI."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForTokenClassification
+
+from training import evaluate, teacher
+
+from conftest import make_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def enc_dir(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("enc2"), layers=2)
+
+
+def _argv(enc_dir, data_dir, out, epochs, *extra):
+    return ["--model", str(enc_dir), "--dataset", str(data_dir), "--out", str(out), "--epochs", str(epochs),
+            "--batch_size", "8", "--lr", "1e-3", "--head_lr", "1e-2", "--threads", "2", "--log_every", "5",
+            *extra]
+
+
+def test_teacher_learns_and_writes_run(enc_dir, toy_data_dir, tmp_path):
+    out = tmp_path / "teacher"
+    result = teacher.main(_argv(enc_dir, toy_data_dir, out, 4))
+    assert result["dev"]["f1"] > 0.5, result["dev"]
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if "dev_f1" in r and "final" not in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert epochs[-1]["mean_loss"] < epochs[0]["mean_loss"]
+    assert all(r["tokens_per_second"] > 0 for r in epochs)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"dev", "test"} and "per_type" in metrics["test"]
+    info = json.loads((out / "best" / "run.json").read_text())
+    assert info["kind"] == "teacher" and info["args"]["epochs"] == 4
+    assert info["metrics"]["test"]["f1"] == metrics["test"]["f1"]
+    best_epoch = max(epochs, key=lambda r: r["dev_f1"])["epoch"]
+    assert info["epoch"] == best_epoch
+    AutoModelForTokenClassification.from_pretrained(out / "best")  # plain transformers loads it
+
+
+def test_resume_equals_uninterrupted(enc_dir, toy_data_dir, tmp_path, monkeypatch):
+    from training import trainer as trainer_mod
+
+    straight = tmp_path / "straight"
+    teacher.main(_argv(enc_dir, toy_data_dir, straight, 2))
+
+    real_tqdm = trainer_mod.tqdm
+
+    def killed_in_epoch_2(it, *a, desc="", **k):  # the process dies 3 batches into epoch 2
+        def gen():
+            for i, b in enumerate(it):
+                if desc.startswith("epoch 2") and i == 3:
+                    raise KeyboardInterrupt
+                yield b
+        return real_tqdm(gen(), *a, desc=desc, **k)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(trainer_mod, "tqdm", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        teacher.main(_argv(enc_dir, toy_data_dir, interrupted, 2))
+    monkeypatch.setattr(trainer_mod, "tqdm", real_tqdm)
+    assert not (interrupted / "metrics.json").exists()
+    teacher.main(_argv(enc_dir, toy_data_dir, interrupted, 2, "--resume"))
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(interrupted / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(load_file(str(straight / "last" / "crf.safetensors"))["transitions"],
+                       load_file(str(interrupted / "last" / "crf.safetensors"))["transitions"])
+    epochs = [json.loads(l)["epoch"] for l in (interrupted / "log.jsonl").read_text().splitlines()
+              if "dev_f1" in l and "final" not in l]
+    assert epochs == [1, 2]  # epoch 1 was not trained twice
+
+
+def test_refuses_to_clobber_existing_run(enc_dir, toy_data_dir, tmp_path):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "something").write_text("keep me")
+    with pytest.raises(SystemExit, match="already exists"):
+        teacher.main(_argv(enc_dir, toy_data_dir, out, 1))
+    assert (out / "something").read_text() == "keep me"
+
+
+def test_config_file_gives_same_arguments(tmp_path):
+    from training.trainer import TrainArgs, parse_args
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": "some/encoder", "epochs": 7, "lr": 3e-5, "resume": True}))
+    m1, t1 = parse_args((teacher.ModelArgs, TrainArgs), ["--config", str(cfg), "--seed", "4"])
+    m2, t2 = parse_args((teacher.ModelArgs, TrainArgs),
+                        ["--model", "some/encoder", "--epochs", "7", "--lr", "3e-5", "--resume", "--seed", "4"])
+    assert (m1, t1) == (m2, t2)
+    assert t1.epochs == 7 and t1.seed == 4 and t1.resume
+
+
+def test_evaluate_cli(enc_dir, toy_data_dir, tmp_path, capsys):
+    out = tmp_path / "t"
+    teacher.main(_argv(enc_dir, toy_data_dir, out, 1))
+    capsys.readouterr()
+    assert evaluate.main([str(out), "--split", "test"]) == 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "PER" in printed
+    m = json.loads((out / "metrics.json").read_text())["test"]
+    assert 0.0 <= m["f1"] <= 1.0 and m["sentences"] == 24
+    assert evaluate.main([str(tmp_path / "nope")]) == 2
+
+
+def test_entity_metrics_against_hand_count():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O"]]
+    m = evaluate.entity_metrics(gold, pred)
+    # 3 gold spans, 3 predicted, 2 correct
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["per_type"]["PER"]["f1"] == 1.0 and m["per_type"]["LOC"]["recall"] == 0.0

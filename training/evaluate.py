@@ -1,0 +1,115 @@
+"""Entity-level evaluation with seqeval: ``python -m training.evaluate RUN --split test``.
+
+Words cut by the tokenizer's max length are predicted ``O`` (and counted), so nothing is hidden:
+the gold side always has every word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from seqeval.metrics import classification_report
+
+from training import checkpoint as ckpt
+from training import data as data_lib
+
+METRIC_KEYS = ("precision", "recall", "f1")
+_SEQEVAL = {"precision": "precision", "recall": "recall", "f1": "f1-score"}
+
+
+@torch.no_grad()
+def predict(model, encoded, batch_size: int = 64, device="cpu") -> list[list[str]]:
+    """Viterbi tags (strings) for every sentence of ``encoded``, padded with ``O`` for cut words."""
+    was_training = model.training
+    model.eval()
+    labels = model.labels
+    out: list[list[str] | None] = [None] * len(encoded.items)
+    for batch in data_lib.batches(encoded, batch_size, bucket=True):
+        idx = batch.pop("index").tolist()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        for i, path in zip(idx, model.decode(batch)):
+            tags = [labels[t] for t in path]
+            out[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """seqeval (conlleval-style) entity precision / recall / F1: micro overall and per type."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predictions")
+    rep = classification_report(gold, pred, output_dict=True, zero_division=0)
+    per_type = {
+        k: {m: float(v[_SEQEVAL[m]]) for m in METRIC_KEYS} | {"support": int(v["support"])}
+        for k, v in rep.items()
+        if k not in ("micro avg", "macro avg", "weighted avg")
+    }
+    micro = rep["micro avg"]
+    return {
+        **{m: float(micro[_SEQEVAL[m]]) for m in METRIC_KEYS},
+        "support": int(micro["support"]),
+        "per_type": per_type,
+    }
+
+
+def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu") -> dict:
+    t0 = time.perf_counter()
+    pred = predict(model, encoded, batch_size, device)
+    m = entity_metrics([s.tags for s in sentences], pred)
+    m["sentences"] = len(sentences)
+    m["truncated_words"] = int(encoded.n_truncated_words)
+    m["seconds"] = round(time.perf_counter() - t0, 3)
+    return m
+
+
+def format_table(metrics: dict, title: str = "") -> str:
+    rows = [f"{'type':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    for k, v in sorted(metrics["per_type"].items()):
+        rows.append(f"{k:<16}{v['precision']:>10.4f}{v['recall']:>10.4f}{v['f1']:>10.4f}{v['support']:>9d}")
+    rows.append(f"{'overall':<16}{metrics['precision']:>10.4f}{metrics['recall']:>10.4f}"
+                f"{metrics['f1']:>10.4f}{metrics['support']:>9d}")
+    return (title + "\n" if title else "") + "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    from training import model as model_lib
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="run directory or checkpoint (e.g. runs/teacher)")
+    ap.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    ap.add_argument("--dataset", default=None, help="dataset name or folder (default: the one it was trained on)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--max-length", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    try:
+        model, tok, info = model_lib.load(args.run)
+    except ckpt.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    targs = info.get("args", {})
+    name = args.dataset or targs.get("dataset", "default")
+    data_dir = args.data_dir or (targs.get("data_dir") if args.dataset is None else None)
+    splits = data_lib.load_dataset(name, data_dir=data_dir)
+    sentences = getattr(splits, args.split)
+    data_lib.check_tags(sentences, model.labels)
+    max_len = args.max_length or targs.get("max_length", 128)
+    enc = data_lib.encode(sentences, tok, {l: i for i, l in enumerate(model.labels)}, max_length=max_len)
+    m = evaluate(model, enc, sentences, args.batch_size)
+    m["dataset"] = splits.name
+    path = ckpt.update_metrics(args.run, args.split, m)
+    print(format_table(m, f"{args.run} on {splits.name} {args.split} ({len(sentences)} sentences, "
+                          f"{m['truncated_words']} words cut at {max_len} sub-tokens)"))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
