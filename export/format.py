@@ -8,7 +8,8 @@ An export directory (written by ``python -m export.onnx``) is self-contained::
                             --optimize this *is* the ORT-fused graph (it replaces the plain one).
       model.int8.onnx       dynamic int8 quantisation of model.onnx (only with --quantize int8)
       crf.json              {"labels", "transitions" [from][to], "start", "end"}
-      tokenizer.json ...    the checkpoint's fast tokenizer (serving reads tokenizer.json only)
+      tokenizer.json ...    the checkpoint's fast tokenizer (serving reads tokenizer.json only, with
+                            the `tokenizers` library): padding off, truncation at max_length
       config.json           the Hugging Face config (id2label etc.)
       manifest.json         format tag, provenance, versions, opset, labels, max_length,
                             inputs, precisions, file sizes, parity, fusion statistics
@@ -44,7 +45,7 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 K_FORMAT = "format"
 K_VERSION = "version"
 K_CREATED = "created_at"
-K_SOURCE = "source"              # {"checkpoint", "sha256", "files", "kind", "method", ...}
+K_SOURCE = "source"              # {"checkpoint", "given", "sha256", "files" (name -> sha256), "saved_at", "epoch", "metrics"}
 K_KIND = "kind"                  # "teacher" | "student" (from run.json)
 K_METHOD = "method"              # distillation method (students) or None
 K_VERSIONS = "versions"          # {"torch", "transformers", "optimum", "onnx", "onnxruntime", ...}

@@ -13,7 +13,11 @@ exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
 * ``--optimize`` runs the ONNX Runtime transformer fusions (``model_type="bert"``) and the fused
   graph *replaces* ``model.onnx`` (if nothing was fused the plain graph is kept, and the
   manifest and stdout say so). ``--quantize int8`` quantises ``model.onnx`` (after the fusions,
-  if any) dynamically to ``model.int8.onnx``.
+  if any) dynamically to ``model.int8.onnx``: QInt8 weights, per-tensor unless per-channel
+  clearly improves parity (both are tried; the manifest records both).
+* ``tokenizer.json`` is normalised for serving with the `tokenizers` library alone: padding off
+  (the packaged MiniLM file pads everything to 128) and truncation at ``max_length``, as in
+  training; it is checked against transformers on the parity sentences.
 * parity with PyTorch is measured at export time on a fixed set of sentences of varied lengths
   (max |emission| difference, agreement of the Viterbi tags) and stored in the manifest.
 * everything is written to a temporary sibling directory and renamed into place at the end, so
@@ -638,16 +642,19 @@ def main(argv=None) -> int:
     try:
         export(args.source, args.out, args.opset, args.quantize, args.optimize, args.max_length, quiet=args.quiet)
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except ExportFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # anything unexpected: still one line, and nothing half-written
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"error: export failed: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f"error: export failed: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

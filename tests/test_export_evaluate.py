@@ -6,7 +6,7 @@ import pytest
 from export import evaluate as ev_export
 from export import format as fmt
 from export import onnx as exp
-from test_export import LABELS, REAL, _tokenizer, random_sentences, tiny_model
+from test_export import REAL, _tokenizer, random_sentences, tiny_model
 from training import data as data_lib
 from training import evaluate as ev
 from training.model import load

@@ -29,8 +29,10 @@ def test_teacher_learns_and_writes_run(enc_dir, toy_data_dir, tmp_path):
     result = teacher.main(_argv(enc_dir, toy_data_dir, out, 4))
     assert result["dev"]["f1"] > 0.5, result["dev"]
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    epochs = [r for r in log if "dev_f1" in r and "final" not in r]
+    epochs = [r for r in log if r.get("epoch", 0) >= 1 and "dev_f1" in r]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    start = next(r for r in log if r.get("epoch") == 0)
+    assert epochs[-1]["dev_loss"] < start["dev_loss"]
     assert epochs[-1]["mean_loss"] < epochs[0]["mean_loss"]
     assert all(r["tokens_per_second"] > 0 for r in epochs)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -75,7 +77,7 @@ def test_resume_equals_uninterrupted(enc_dir, toy_data_dir, tmp_path, monkeypatc
                        load_file(str(interrupted / "last" / "crf.safetensors"))["transitions"])
     epochs = [json.loads(l)["epoch"] for l in (interrupted / "log.jsonl").read_text().splitlines()
               if "dev_f1" in l and "final" not in l]
-    assert epochs == [1, 2]  # epoch 1 was not trained twice
+    assert epochs == [0, 1, 2]  # epoch 1 was not trained twice
 
 
 def test_refuses_to_clobber_existing_run(enc_dir, toy_data_dir, tmp_path):

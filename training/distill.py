@@ -163,22 +163,22 @@ def main(argv=None) -> dict:
     sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
     t_opt = trainer.adam(list(teacher.parameters()), lr=dargs.teacher_lr) if cfg else None
 
-    quiz_iter = None
+    quiz = {}
     if cfg:
         quiz_s, quiz_t = enc_pair(quiz_sents)
         qbs = dargs.quiz_batch_size or targs.batch_size
 
-        def quiz_cycle():
-            for cycle in itertools.count():
-                yield from paired_batches(quiz_s, quiz_t, qbs, shuffle=True, seed=targs.seed * 1000 + cycle)
-
-        quiz_iter = quiz_cycle()
+        def new_quiz_stream(epoch):  # a function of (seed, epoch) only, so --resume is exact
+            def cycle():
+                for c in itertools.count():
+                    yield from paired_batches(quiz_s, quiz_t, qbs, True, targs.seed * 1000 + epoch * 100 + c)
+            quiz["it"] = cycle()
 
     def step(batch):
         logs = {}
         if cfg:
-            quiz = trainer._to(next(quiz_iter), targs.device)
-            logs |= meta.teacher_step(student, teacher, t_opt, batch, quiz, cfg)
+            q = trainer._to(next(quiz["it"]), targs.device)
+            logs |= meta.teacher_step(student, teacher, t_opt, batch, q, cfg)
         targets = None
         if kd_method != "none":
             with torch.no_grad():
@@ -222,8 +222,11 @@ def main(argv=None) -> dict:
         dev=(dev_s, splits.dev), test=(test_s, splits.test),
         optimizers={"model": opt} | ({"teacher": t_opt} if t_opt else {}),
         schedulers={"model": sched}, extras=extras,
+        on_epoch_start=new_quiz_stream if cfg else None,
     )
+    before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     result = trainer.run(fit)
+    result["teacher_changed"] = any(not torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
     print(f"{dargs.method} student ({len(layers)} layers, {student.num_parameters() / 1e6:.1f}M params): "
           f"dev F1 {result['dev']['f1']:.4f}  test F1 {result['test']['f1']:.4f}  "
           f"{result['tokens_per_second']:.0f} tok/s")

@@ -14,6 +14,7 @@ import torch
 from seqeval.metrics import classification_report
 
 from training import checkpoint as ckpt
+from training import crf
 from training import data as data_lib
 
 METRIC_KEYS = ("precision", "recall", "f1")
@@ -21,20 +22,30 @@ _SEQEVAL = {"precision": "precision", "recall": "recall", "f1": "f1-score"}
 
 
 @torch.no_grad()
-def predict(model, encoded, batch_size: int = 64, device="cpu") -> list[list[str]]:
-    """Viterbi tags (strings) for every sentence of ``encoded``, padded with ``O`` for cut words."""
+def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool = False):
+    """Viterbi tags (strings) for every sentence of ``encoded``, padded with ``O`` for cut words.
+
+    With ``with_loss`` also returns the mean CRF NLL of the gold tags (kept words) per sentence.
+    """
     was_training = model.training
     model.eval()
     labels = model.labels
     out: list[list[str] | None] = [None] * len(encoded.items)
+    nll_sum = 0.0
     for batch in data_lib.batches(encoded, batch_size, bucket=True):
         idx = batch.pop("index").tolist()
         batch = {k: v.to(device) for k, v in batch.items()}
-        for i, path in zip(idx, model.decode(batch)):
-            tags = [labels[t] for t in path]
+        p = model(batch)
+        _, paths = crf.viterbi(*p.args())
+        if with_loss:
+            nll_sum += float(crf.nll(p.emissions, batch["labels"], *p.args()[1:]).sum())
+        for row, i in enumerate(idx):
+            tags = [labels[t] for t in paths[row, : int(p.mask[row].sum())].tolist()]
             out[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
     model.train(was_training)
-    return out  # type: ignore[return-value]
+    if with_loss:
+        return out, nll_sum / max(len(out), 1)
+    return out
 
 
 def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
@@ -57,8 +68,9 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu") -> dict:
     t0 = time.perf_counter()
-    pred = predict(model, encoded, batch_size, device)
+    pred, loss = predict(model, encoded, batch_size, device, with_loss=True)
     m = entity_metrics([s.tags for s in sentences], pred)
+    m["loss"] = loss
     m["sentences"] = len(sentences)
     m["truncated_words"] = int(encoded.n_truncated_words)
     m["seconds"] = round(time.perf_counter() - t0, 3)

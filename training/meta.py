@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from training import losses
 
@@ -45,6 +46,12 @@ def quiz_loss_after_pilot(student, teacher, batch: dict, quiz: dict, cfg: MetaCo
     and word-level ``labels``. Dropout follows the modules' current train/eval mode for the pilot
     loss; the quiz forward always runs without dropout.
     """
+    # the fused CPU attention kernels have no double backward: use the math kernel here
+    with sdpa_kernel([SDPBackend.MATH]):
+        return _quiz_loss_after_pilot(student, teacher, batch, quiz, cfg)
+
+
+def _quiz_loss_after_pilot(student, teacher, batch, quiz, cfg):
     params = {n: p for n, p in student.named_parameters() if p.requires_grad}
     t_pot = teacher(batch["teacher"])
     targets = losses.teacher_targets(cfg.kd_loss, t_pot, cfg.temperature, differentiable=True)

@@ -215,6 +215,9 @@ def run(fit: Fit) -> dict:
         print(f"nothing to resume in {out}; starting from scratch")
 
     device = torch.device(args.device)
+    if state["epoch"] == 0:  # the starting point, for comparison
+        dev = eval_lib.evaluate(fit.model, *fit.dev, batch_size=args.eval_batch_size, device=device)
+        ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"]})
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         torch.manual_seed(args.seed * 1000 + epoch)  # dropout: reproducible and resumable per epoch
         if fit.on_epoch_start:
@@ -245,6 +248,7 @@ def run(fit: Fit) -> dict:
         record = {
             "epoch": epoch,
             "dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"],
+            "dev_loss": dev["loss"],
             "train_seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             **{f"mean_{k}": v / max(n, 1) for k, v in sums.items() if k != "tokens"},
         }
