@@ -1,0 +1,284 @@
+"""Reproduce the paper's tables and figures at offline scale, resumably.
+
+    python -m benchmarks.paper --grid table1 --data-dir ../shared/data      # fill cells (skips finished)
+    python -m benchmarks.paper --report                                      # results -> paper.md + plots
+
+A *cell* is one (dataset, method, seed, student depth, alpha, quiz split) training run. Each finished
+cell appends one JSON line to ``benchmarks/results/paper_runs.jsonl`` (config, dev and test F1/P/R,
+wall time, tokens/s, peak memory, commit); a re-run skips finished cells, and an interrupted cell
+resumes from its last epoch (``--resume``), so the grid can be filled over several sittings, e.g. in
+the background: ``nohup python -m benchmarks.paper --grid table1 ... > runs/paper.log 2>&1 &``.
+
+Every method gets the same budget: same epochs, batch size, learning rates, seeds and data order
+per seed (see ``training.distill``). Model selection is on dev only; test is read once per cell from
+the best-on-dev checkpoint. Teachers are trained once per dataset (seed 0) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results/paper_runs.jsonl")
+RUNS = Path("runs/paper")
+METHODS = ("none", "topk", "pos", "struct", "msd")
+PAPER = {  # entity F1 on test, from the paper (BERT-base 12L teacher -> 6L students)
+    "conll2003": {"teacher": 90.43, "none": 87.40, "topk": 87.83, "pos": 88.05, "struct": 88.54, "msd": 89.34},
+    "wikiann": {"teacher": 82.55, "none": 80.04, "topk": 80.10, "pos": 80.17, "struct": 80.34, "msd": 80.63},
+    "conll2000": {"teacher": 96.24, "none": 95.02, "topk": 95.72, "pos": 95.90, "struct": 95.97, "msd": 96.04},
+}
+GRIDS = {  # presets: the issue's deliverables, in order of priority
+    "table1": dict(datasets=["conll2003"], methods=list(METHODS), seeds=[0, 1, 2], layers=[3], alphas=[0.5]),
+    "depth": dict(datasets=["conll2003"], methods=["none", "pos", "msd"], seeds=[0], layers=[1, 2, 3, 4], alphas=[0.5]),
+    "alpha": dict(datasets=["conll2003"], methods=["pos", "struct", "msd"], seeds=[0], layers=[3],
+                  alphas=[0.1, 0.3, 0.5, 0.7, 0.9]),
+    "quiz": dict(datasets=["conll2003"], methods=["msd"], seeds=[0], layers=[3], alphas=[0.5], quiz=["dev"]),
+    "tables23": dict(datasets=["wikiann", "conll2000"], methods=list(METHODS), seeds=[0, 1, 2], layers=[3], alphas=[0.5]),
+}
+
+
+def cell_key(c: dict) -> str:
+    if c["method"] == "teacher":
+        return f"{c['dataset']}/teacher"
+    q = "" if c.get("quiz_split", "holdout") == "holdout" or c["method"] != "msd" else f"-quiz{c['quiz_split']}"
+    return f"{c['dataset']}/{c['method']}-L{c['layers']}-a{c['alpha']}-s{c['seed']}{q}"
+
+
+def finished() -> dict:
+    if not RESULTS.exists():
+        return {}
+    out = {}
+    for line in RESULTS.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[r["key"]] = r
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def run_cell(cell: dict, args) -> dict:
+    """Train one cell in a child process; return its result line."""
+    key = cell_key(cell)
+    out = RUNS / key
+    common = ["--dataset", cell["dataset"], "--data_dir", args.data_dir, "--out", str(out), "--resume",
+              "--threads", str(args.threads), "--batch_size", str(args.batch_size), "--max_length", "128"]
+    if cell["method"] == "teacher":
+        cmd = [sys.executable, "-m", "training.teacher", *common, "--epochs", str(args.teacher_epochs), "--seed", "0"]
+    else:
+        cmd = [sys.executable, "-m", "training.distill", *common, "--teacher", str(RUNS / cell["dataset"] / "teacher"),
+               "--method", cell["method"], "--seed", str(cell["seed"]), "--student_layers", str(cell["layers"]),
+               "--alpha", str(cell["alpha"]), "--epochs", str(args.epochs)]
+        if cell["method"] == "msd":
+            cmd += ["--quiz_split", cell.get("quiz_split", "holdout")]
+    print(f"[{dt.datetime.now():%H:%M:%S}] {key}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    log = open(RUNS / (key.replace("/", "__") + ".log"), "a")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{key} failed with exit code {code}; see {log.name}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    info = json.loads((out / "best" / "run.json").read_text())
+    pick = lambda m: {k: m[k] for k in ("f1", "precision", "recall")}  # noqa: E731
+    return {
+        "key": key, **cell,
+        "dev": pick(metrics["dev"]), "test": pick(metrics["test"]),
+        "per_type_test": {k: v["f1"] for k, v in metrics["test"]["per_type"].items()},
+        "best_epoch": info.get("train", {}).get("best_epoch"),
+        "epochs": args.teacher_epochs if cell["method"] == "teacher" else args.epochs,
+        "wall_seconds": round(time.time() - t0, 1),
+        "train_seconds": info.get("train", {}).get("train_seconds"),
+        "tokens_per_second": info.get("train", {}).get("tokens_per_second"),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "num_parameters": info.get("num_parameters"), "num_layers": info.get("num_layers"),
+        "commit": _commit(), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def expand(grid: dict) -> list[dict]:
+    cells = []
+    for ds in grid["datasets"]:
+        cells.append({"dataset": ds, "method": "teacher", "seed": 0, "layers": None, "alpha": None})
+        for m, s, l, a in itertools.product(grid["methods"], grid["seeds"], grid["layers"], grid["alphas"]):
+            for q in grid.get("quiz", ["holdout"]):
+                cells.append({"dataset": ds, "method": m, "seed": s, "layers": l, "alpha": a, "quiz_split": q})
+    return cells
+
+
+# ---------------------------------------------------------------- report
+def _ms(xs):
+    xs = [100 * x for x in xs]
+    if not xs:
+        return "-"
+    return f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f} (n={len(xs)})" if len(xs) > 1 else f"{xs[0]:.2f} (n=1)"
+
+
+def report(out_md: Path) -> str:
+    rows = list(finished().values())
+    main = [r for r in rows if r["method"] == "teacher" or (r["layers"] == 3 and r["alpha"] == 0.5
+                                                           and r.get("quiz_split", "holdout") == "holdout")]
+    lines = ["# Paper reproduction at offline scale", "",
+             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by `python -m benchmarks.paper --report` "
+             f"from `{RESULTS}` ({len(rows)} finished cells). Teacher: all-MiniLM-L6-v2 + CRF (6 layers); students: "
+             "3 layers initialised from teacher layers [1, 3, 5] unless stated. Paper: BERT-base 12L -> 6L.", ""]
+    for ds, title in (("conll2003", "Table I: CoNLL-2003 NER"), ("wikiann", "Table II: WikiANN-en NER"),
+                      ("conll2000", "Table III: CoNLL-2000 chunking")):
+        sub = [r for r in main if r["dataset"] == ds]
+        if not sub:
+            lines += [f"## {title}", "", "No finished cells yet.", ""]
+            continue
+        lines += [f"## {title}", "", "| method | test F1 (ours, mean ± std) | test P | test R | dev F1 | paper F1 | "
+                  "params (M) | train s / cell | tok/s |", "|---|---|---|---|---|---:|---:|---:|---:|"]
+        for m in ("teacher",) + METHODS:
+            rs = [r for r in sub if r["method"] == m]
+            if not rs:
+                continue
+            lines.append(
+                f"| {m} | {_ms([r['test']['f1'] for r in rs])} | {_ms([r['test']['precision'] for r in rs])} | "
+                f"{_ms([r['test']['recall'] for r in rs])} | {_ms([r['dev']['f1'] for r in rs])} | {PAPER[ds][m]:.2f} | "
+                f"{rs[0]['num_parameters'] / 1e6:.1f} | {statistics.fmean(r['train_seconds'] or 0 for r in rs):.0f} | "
+                f"{statistics.fmean(r['tokens_per_second'] or 0 for r in rs):.0f} |")
+        epochs = sorted({r["epochs"] for r in sub if r["method"] != "teacher"})
+        lines += ["", f"Budget: students {epochs} epoch(s), teacher "
+                  f"{sorted({r['epochs'] for r in sub if r['method'] == 'teacher'})} epoch(s); batch 16, max length 128, "
+                  "alpha 0.5, T 1, Adam(W).", ""]
+        lines += verdict(sub)
+    lines += depth_alpha_sections(rows)
+    text = "\n".join(lines) + "\n"
+    out_md.write_text(text)
+    return text
+
+
+def verdict(sub: list[dict]) -> list[str]:
+    t = [r["test"]["f1"] for r in sub if r["method"] == "teacher"]
+    base = {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == "none"}
+    if not t or not base:
+        return []
+    gap = t[0] - statistics.fmean(base.values())
+    out = ["### Verdict", "",
+           f"- Teacher-student gap (teacher − mean `none`): {100 * gap:.2f} F1 points."]
+    for m in ("topk", "pos", "struct", "msd"):
+        f = [r["test"]["f1"] for r in sub if r["method"] == m]
+        if f and abs(gap) > 1e-9:
+            closed = (statistics.fmean(f) - statistics.fmean(base.values())) / gap
+            out.append(f"- `{m}` closes {100 * closed:.0f}% of the gap (mean over {len(f)} seed(s)).")
+    by = lambda m: {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == m}  # noqa: E731
+    for other in ("pos", "struct"):
+        a, b = by("msd"), by(other)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        d = [100 * (a[s] - b[s]) for s in seeds]
+        spread = [100 * x for x in b.values()]
+        sd = statistics.stdev(spread) if len(spread) > 1 else float("nan")
+        mean_d = statistics.fmean(d)
+        sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
+        out.append(f"- MSD − {other}, paired per seed: {', '.join(f'{x:+.2f}' for x in d)} "
+                   f"(mean {mean_d:+.2f}, sd of differences {sd_d:.2f}); seed-to-seed sd of {other}: {sd:.2f}. "
+                   + ("The difference is larger than the seed spread." if len(d) > 1 and abs(mean_d) > 2 * sd_d and abs(mean_d) > sd
+                      else "The difference is within the seed-to-seed spread: no evidence that MSD differs."))
+    return out + [""]
+
+
+def depth_alpha_sections(rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    c = [r for r in rows if r["dataset"] == "conll2003" and r["method"] != "teacher"
+         and r.get("quiz_split", "holdout") == "holdout"]
+    teacher = [r["test"]["f1"] for r in rows if r["dataset"] == "conll2003" and r["method"] == "teacher"]
+    for name, xkey, methods, fixed, fname in (
+        ("Figure 3: F1 vs student depth (CoNLL-2003 test)", "layers", ("none", "pos", "msd"), ("alpha", 0.5), "paper_depth.png"),
+        ("Figure 4: F1 vs alpha (CoNLL-2003 test, 3 layers)", "alpha", ("pos", "struct", "msd"), ("layers", 3), "paper_alpha.png"),
+    ):
+        pts = [r for r in c if r[fixed[0]] == fixed[1] and r["method"] in methods]
+        xs = sorted({r[xkey] for r in pts})
+        if len(xs) < 2:
+            out += [f"## {name}", "", "Not enough finished cells yet.", ""]
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        out += [f"## {name}", "", f"![{name}]({fname})", "", "| method | " + " | ".join(str(x) for x in xs) + " |",
+                "|---|" + "---:|" * len(xs)]
+        for m in methods:
+            ys = []
+            for x in xs:
+                f = [r["test"]["f1"] for r in pts if r["method"] == m and r[xkey] == x]
+                ys.append(100 * statistics.fmean(f) if f else float("nan"))
+            ax.plot(xs, ys, marker="o", label=m)
+            out.append(f"| {m} | " + " | ".join("-" if y != y else f"{y:.2f}" for y in ys) + " |")
+        if teacher:
+            ax.axhline(100 * teacher[0], color="gray", ls="--", label="teacher")
+        ax.set_xlabel(xkey), ax.set_ylabel("test entity F1"), ax.legend(), ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(RESULTS.parent / fname, dpi=120)
+        plt.close(fig)
+        out.append("")
+    q = {r.get("quiz_split", "holdout"): r["test"]["f1"] for r in rows
+         if r["dataset"] == "conll2003" and r["method"] == "msd" and r["seed"] == 0 and r["layers"] == 3 and r["alpha"] == 0.5}
+    if len(q) == 2:
+        out += ["## MSD quiz data: held-out slice of train vs dev (CoNLL-2003, seed 0)", "",
+                f"- holdout: {100 * q['holdout']:.2f} test F1; dev: {100 * q['dev']:.2f} test F1.", ""]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", action="append", choices=sorted(GRIDS), help="preset grid(s) to fill, in order")
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--epochs", type=int, default=2, help="student epochs per cell")
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="list the cells still to run")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(RESULTS.parent / "paper.md"))
+        return 0
+    if not args.grid:
+        ap.error("give --grid (one or more of %s) or --report" % ", ".join(sorted(GRIDS)))
+    if not Path(args.data_dir).is_dir():
+        print(f"error: --data-dir {args.data_dir} does not exist (the benchmark needs ../shared/data)", file=sys.stderr)
+        return 2
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for g in args.grid:
+        for c in expand(GRIDS[g]):
+            if cell_key(c) not in {cell_key(x) for x in cells}:
+                cells.append(c)
+    done = finished()
+    todo = [c for c in cells if cell_key(c) not in done]
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
+    if args.dry_run:
+        print("\n".join(cell_key(c) for c in todo))
+        return 0
+    for i, c in enumerate(todo, 1):
+        r = run_cell(c, args)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(f"[{i}/{len(todo)}] {r['key']}: dev F1 {100 * r['dev']['f1']:.2f} test F1 {100 * r['test']['f1']:.2f} "
+              f"({r['wall_seconds']:.0f}s, peak {r['peak_rss_mb']:.0f} MB)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

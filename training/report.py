@@ -1,0 +1,65 @@
+"""Side-by-side table of finished runs: ``python -m training.report runs/teacher runs/student ...``.
+
+Reads each run's ``best/run.json`` and ``metrics.json`` (nothing is recomputed) and prints
+kind, method, depth, parameter count, dev and test entity F1, training time. ``--markdown FILE``
+also writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training import checkpoint as ckpt
+
+
+def row(run: str) -> dict:
+    info = ckpt.read_run(run)
+    metrics_file = Path(run) / ckpt.METRICS_FILE
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else info.get("metrics", {})
+    f1 = lambda split: metrics.get(split, {}).get("f1")  # noqa: E731
+    return {
+        "run": run,
+        "kind": info.get("kind", "?"),
+        "method": info.get("method", "-"),
+        "layers": info.get("num_layers"),
+        "params_m": round(info.get("num_parameters", 0) / 1e6, 1),
+        "dev_f1": f1("dev"),
+        "test_f1": f1("test"),
+        "train_s": info.get("train", {}).get("train_seconds"),
+        "tok_s": info.get("train", {}).get("tokens_per_second"),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    fmt = lambda v: "-" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) and v <= 1 else str(v))  # noqa: E731
+    head = "| run | kind | method | layers | params (M) | dev F1 | test F1 | train s | train tok/s |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['kind']} | {r['method']} | {r['layers']} | {r['params_m']} | "
+                     f"{fmt(r['dev_f1'])} | {fmt(r['test_f1'])} | {r['train_s'] or '-'} | {r['tok_s'] or '-'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--markdown", default=None)
+    args = ap.parse_args(argv)
+    rows = []
+    for r in args.runs:
+        try:
+            rows.append(row(r))
+        except ckpt.CheckpointError as e:
+            print(f"skipping {r}: {e}", file=sys.stderr)
+    out = table(rows)
+    print(out)
+    if args.markdown:
+        Path(args.markdown).write_text(out + "\n")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
