@@ -2,8 +2,9 @@
 
     python -m benchmarks.distill_cost [--teacher runs/teacher] [--steps 30] [--batch-size 16]
 
-Each method runs in a fresh subprocess (so peak RSS is its own) on the same batches of the default
-dataset's train split: a 6-layer teacher (a trained run if given, else the packaged MiniLM with a fresh
+Times come from one process that runs every method round-robin on the same batches (whatever else the
+machine does slows all methods alike); peak RSS from each method alone in a fresh subprocess. Data: the
+default dataset's train split: a 6-layer teacher (a trained run if given, else the packaged MiniLM with a fresh
 head: the cost does not depend on the weights) and a 3-layer student initialised from it. Reports
 seconds per step (median), training tokens/s, peak RSS and peak RSS above the after-load baseline, and
 the ratios of ``msd`` to ``pos`` (issue targets: <= 3x time, <= 2.5x peak memory).
@@ -34,10 +35,10 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def worker(method: str, teacher_path: str | None, steps: int, batch_size: int, threads: int, warmup: int) -> dict:
+def _setup(method: str, teacher_path: str | None, batch_size: int, n_batches: int, pilot_params: str):
+    """Teacher, 3-layer student, optimizers, the batches and a ``step(i)`` closure for one method."""
     import torch
 
-    torch.set_num_threads(threads)
     from training import data as data_lib
     from training import distill, losses, meta, trainer
     from training import model as model_lib
@@ -49,26 +50,24 @@ def worker(method: str, teacher_path: str | None, steps: int, batch_size: int, t
         torch.manual_seed(0)
         teacher = model_lib.BertCrf.from_encoder("default", splits.labels)
         tok = model_lib.load_tokenizer("default")
-    labels = teacher.labels
     torch.manual_seed(0)
     student = distill.shrink(teacher, distill.layer_map(teacher.num_layers, teacher.num_layers // 2))
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(method == "msd")
     train, hold = distill.split_holdout(splits.train, 0.1)
-    l2i = {l: i for i, l in enumerate(labels)}
+    l2i = {l: i for i, l in enumerate(teacher.labels)}
     enc = data_lib.encode(train, tok, l2i)
     qenc = data_lib.encode(hold, tok, l2i)
-    batches = list(distill.paired_batches(enc, enc, batch_size, True, 0, bucket=True))[: steps + warmup]
+    batches = list(distill.paired_batches(enc, enc, batch_size, True, 0, bucket=True))[:n_batches]
     quizzes = list(distill.paired_batches(qenc, qenc, batch_size, True, 0))
     opt = trainer.make_optimizer(student, 5e-5, 1e-3, 0.01)
     kd = {"msd": "pos"}.get(method, method)
-    cfg = meta.MetaConfig("pos") if method == "msd" else None
+    cfg = meta.MetaConfig("pos", pilot_params=pilot_params) if method == "msd" else None
     t_opt = trainer.adam(list(teacher.parameters()), lr=2e-5) if cfg else None
-    base = _rss_mb()
-    times, tokens = [], 0
-    for i, batch in enumerate(batches):
-        t0 = time.perf_counter()
+
+    def step(i: int) -> int:
+        batch = batches[i]
         if cfg:
             meta.teacher_step(student, teacher, t_opt, batch, quizzes[i % len(quizzes)], cfg)
         targets = None
@@ -80,22 +79,44 @@ def worker(method: str, teacher_path: str | None, steps: int, batch_size: int, t
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            tokens += int(batch["student"]["attention_mask"].sum())
+        return int(batch["student"]["attention_mask"].sum())
+
+    return step, teacher.num_layers, student.num_layers
+
+
+def worker(method: str, teacher_path: str | None, steps: int, batch_size: int, threads: int, warmup: int,
+           pilot_params: str) -> dict:
+    """Peak memory of one method, alone in this process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    step, tl, sl = _setup(method, teacher_path, batch_size, steps + warmup, pilot_params)
+    base = _rss_mb()
+    for i in range(steps + warmup):
+        step(i)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "method": method,
-        "steps": len(times),
-        "median_step_s": statistics.median(times),
-        "mean_step_s": statistics.fmean(times),
-        "tokens_per_second": tokens / sum(times),
-        "peak_rss_mb": peak,
-        "baseline_rss_mb": base,
-        "peak_above_baseline_mb": peak - base,
-        "teacher_layers": teacher.num_layers,
-        "student_layers": student.num_layers,
-    }
+    return {"method": method, "peak_rss_mb": peak, "baseline_rss_mb": base, "peak_above_baseline_mb": peak - base,
+            "teacher_layers": tl, "student_layers": sl}
+
+
+def interleaved(methods: list[str], teacher_path, steps, batch_size, threads, warmup, pilot_params) -> dict:
+    """Time per step of every method in one process, round-robin on the same batches, so that
+    whatever else the machine does affects all methods alike."""
+    import torch
+
+    torch.set_num_threads(threads)
+    steppers = {m: _setup(m, teacher_path, batch_size, steps + warmup, pilot_params)[0] for m in methods}
+    times = {m: [] for m in methods}
+    tokens = {m: 0 for m in methods}
+    for i in range(steps + warmup):
+        for m, step in steppers.items():
+            t0 = time.perf_counter()
+            n = step(i)
+            if i >= warmup:
+                times[m].append(time.perf_counter() - t0)
+                tokens[m] += n
+    return {m: {"median_step_s": statistics.median(times[m]), "mean_step_s": statistics.fmean(times[m]),
+                "tokens_per_second": tokens[m] / sum(times[m]), "steps": len(times[m])} for m in methods}
 
 
 def main(argv=None) -> int:
@@ -107,23 +128,35 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="benchmarks/results/distill_cost")
+    ap.add_argument("--pilot-params", default="all", help="MSD pilot parameters: all | top | head")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    methods = args.methods.split(",")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.teacher, args.steps, args.batch_size, args.threads, args.warmup)))
+        print(json.dumps(worker(args.worker, args.teacher, args.steps, args.batch_size, args.threads, args.warmup,
+                                args.pilot_params)))
+        return 0
+    if args.interleaved:
+        print(json.dumps(interleaved(methods, args.teacher, args.steps, args.batch_size, args.threads, args.warmup,
+                                     args.pilot_params)))
         return 0
 
-    results = []
-    for m in args.methods.split(","):
-        cmd = [sys.executable, "-m", "benchmarks.distill_cost", "--worker", m, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    def child(*extra) -> dict:
+        cmd = [sys.executable, "-m", "benchmarks.distill_cost", *extra, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--pilot-params", args.pilot_params, "--methods", args.methods]
         if args.teacher:
             cmd += ["--teacher", args.teacher]
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
         if out.returncode != 0:
-            print(out.stderr[-3000:], file=sys.stderr)
-            return 1
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+            raise SystemExit(out.stderr[-3000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    timing = child("--interleaved")
+    results = []
+    for m in methods:
+        r = child("--worker", m) | timing[m]
         print(f"{m:>7}: {r['median_step_s'] * 1000:8.1f} ms/step  {r['tokens_per_second']:7.0f} tok/s  "
               f"peak RSS {r['peak_rss_mb']:7.0f} MB (+{r['peak_above_baseline_mb']:.0f} MB over baseline)")
         results.append(r)
@@ -144,6 +177,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads",
         "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
         "teacher": args.teacher or "packaged MiniLM-L6 + fresh head",
+        "pilot_params": args.pilot_params,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps({"meta": meta_info, "results": results, "ratios": ratios}, indent=2) + "\n")
@@ -155,7 +189,9 @@ def main(argv=None) -> int:
         f"- machine: {meta_info['machine']}",
         f"- {args.steps} timed steps (after {args.warmup} warm-up) of batch {args.batch_size} on the default "
         f"dataset's train split, the same batches for every method; teacher {results[0]['teacher_layers']} layers "
-        f"({meta_info['teacher']}), student {results[0]['student_layers']} layers; each method in its own process.",
+        f"({meta_info['teacher']}), student {results[0]['student_layers']} layers; MSD pilot parameters: "
+        f"`{args.pilot_params}`. Times: all methods round-robin in one process (same batches, same machine "
+        "load); peak RSS: each method alone in its own process.",
         "",
         "| method | median s/step | tokens/s | peak RSS (MB) | peak above baseline (MB) |",
         "|---|---:|---:|---:|---:|",

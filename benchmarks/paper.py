@@ -114,7 +114,8 @@ def expand(grid: dict) -> list[dict]:
     cells = []
     for ds in grid["datasets"]:
         cells.append({"dataset": ds, "method": "teacher", "seed": 0, "layers": None, "alpha": None})
-        for m, s, l, a in itertools.product(grid["methods"], grid["seeds"], grid["layers"], grid["alphas"]):
+        # seed-major: one seed of every method first, so a partial grid is already a comparison
+        for s, m, l, a in itertools.product(grid["seeds"], grid["methods"], grid["layers"], grid["alphas"]):
             for q in grid.get("quiz", ["holdout"]):
                 cells.append({"dataset": ds, "method": m, "seed": s, "layers": l, "alpha": a, "quiz_split": q})
     return cells
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", action="append", choices=sorted(GRIDS), help="preset grid(s) to fill, in order")
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--epochs", type=int, default=2, help="student epochs per cell")
-    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", action="store_true")

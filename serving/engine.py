@@ -16,8 +16,9 @@ Pipeline for one call of :meth:`NerEngine.predict`::
 
 Word splitting (raw text)
     ``WORD_RE``: a run of word characters (``\\w``: letters, digits, underscore, any script, plus
-    combining accents) is one word, and every other non-space character (punctuation, symbols,
-    emoji, control characters) is a word of its own. ``"Merkel's U.S.-visit."`` ->
+    combining accents) is one word, and every other visible non-space character (punctuation,
+    symbols, emoji) is a word of its own; control and zero-width / format characters separate
+    words like spaces. ``"Merkel's U.S.-visit."`` ->
     ``Merkel ' s U . S . - visit .``. This is close to the CoNLL-2003 tokenization the models are
     trained on (punctuation separated from words) but simpler: CoNLL keeps ``U.S.`` or ``n't`` as
     one token. Use :meth:`NerEngine.predict_words` to pass your own tokenization.
@@ -63,8 +64,12 @@ from export import viterbi as np_crf
 __all__ = ["NerEngine", "Entity", "Document", "EngineError", "split_words", "tags_to_spans",
            "span_probability", "plan_windows", "WORD_RE"]
 
-# a run of word characters (incl. combining diacritics) | one non-space, non-word character
-WORD_RE = re.compile(r"[\w\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+|[^\w\s]")
+# invisible characters that separate words without being words: C0/C1 controls, zero-width and
+# bidi format characters, BOM
+_INVISIBLE = "\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+# a run of word characters (incl. combining diacritics) | one other visible non-space character
+WORD_RE = re.compile(r"[\w\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+                     rf"|[^\w\s{_INVISIBLE}]")
 DEFAULT_WINDOW_OVERLAP = 0.25
 STAGES = ("tokenize", "onnx", "viterbi", "confidence", "postprocess")
 
@@ -175,9 +180,9 @@ def plan_windows(counts: Sequence[int], budget: int, overlap: float = DEFAULT_WI
         windows.append((lo, hi))
         if hi >= n:
             return windows
-        # next window starts so that about `want` sub-tokens of this one are repeated
+        # the next window repeats about `want` sub-tokens of this one, and still reaches past `hi`
         new_lo, back = hi, 0
-        while new_lo - 1 > lo and back + counts[new_lo - 1] <= want:
+        while new_lo - 1 > lo and back + counts[new_lo - 1] <= min(want, budget - counts[hi]):
             new_lo -= 1
             back += counts[new_lo]
         lo = max(new_lo, lo + 1)
@@ -244,12 +249,15 @@ class NerEngine:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dir(cls, export_dir: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                 precision: str = "fp32", window_overlap: float = DEFAULT_WINDOW_OVERLAP) -> "NerEngine":
+                 precision: str = "fp32", window_overlap: float = DEFAULT_WINDOW_OVERLAP,
+                 spinning: bool = False) -> "NerEngine":
         """Load an export directory (``python -m export.onnx``).
 
         ``device``: ``cpu`` or ``cuda`` (CUDAExecutionProvider; an error lists the available
         providers when it is missing). ``threads``: ONNX Runtime intra-op threads (``None``: its
-        default, one per core). ``precision``: ``fp32`` (``model.onnx``) or ``int8``."""
+        default, one per core). ``precision``: ``fp32`` (``model.onnx``) or ``int8``. ``spinning``:
+        let ONNX Runtime's idle worker threads busy-wait for the next run (its default; off here,
+        because in a server the spinning threads take the CPU from the event loop and the tokenizer)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -285,6 +293,9 @@ class NerEngine:
         so.inter_op_num_threads = 1
         if threads:
             so.intra_op_num_threads = int(threads)
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
@@ -360,7 +371,7 @@ class NerEngine:
         timings["tokenize"] += extra_tokenize
         t0 = time.perf_counter()
         out = [self._entities(doc, tags[d], windows_of[d], scores) for d, doc in enumerate(docs)]
-        timings["postprocess"] = time.perf_counter() - t0
+        timings["postprocess"] += time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         self.last_timings = timings
         return (out, timings) if return_timings else out
@@ -482,10 +493,15 @@ class NerEngine:
             w = max(inside, key=lambda w: min(_centrality(lo, w.lo, w.hi, n), _centrality(hi - 1, w.lo, w.hi, n)))
             return self._window_prob(w, tags, lo, hi)
         # longer than any window overlap: product over the pieces, each from the window that tagged it
+        # (the same rule as the merge: the most central window, the first one on ties)
+        def tagger(i):
+            return max((w for w in windows if w.lo <= i < w.hi), key=lambda w: _centrality(i, w.lo, w.hi, n))
+
         p, i = 1.0, lo
         while i < hi:
-            w = max((w for w in windows if w.lo <= i < w.hi), key=lambda w: _centrality(i, w.lo, w.hi, n))
-            j = min(hi, w.hi)
+            w, j = tagger(i), i + 1
+            while j < hi and tagger(j) is w:
+                j += 1
             p *= self._window_prob(w, tags, i, j)
             i = j
         return p

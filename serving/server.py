@@ -129,6 +129,7 @@ class Metrics:
         self.entities_total = 0
         self.stage_seconds: dict[str, float] = {}
         self.inflight = 0
+        self.ner_inflight = 0   # POST /v1/ner requests between arrival and answer
         self.queued_texts = 0
         self.started = time.time()
 
@@ -211,11 +212,14 @@ class MetricsMiddleware:
                 status[0] = message["status"]
             await send(message)
 
+        ner = scope.get("path") == "/v1/ner"
         self.metrics.inflight += 1
+        self.metrics.ner_inflight += ner
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight -= 1
+            self.metrics.ner_inflight -= ner
             self.metrics.observe_request(scope.get("method", ""), scope.get("path", ""), status[0],
                                          time.perf_counter() - t0)
 
@@ -237,6 +241,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ner-engine")
         self.pending = 0
         self.batches = 0
+        self.waiting_requests = 0   # /v1/ner requests submitted and not answered yet
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -262,7 +267,11 @@ class MicroBatcher:
         self.pending += len(docs)
         self.metrics.queued_texts = self.pending
         self.queue.put_nowait(_Job(docs, fut))
-        return await fut
+        self.waiting_requests += 1
+        try:
+            return await fut
+        finally:
+            self.waiting_requests -= 1
 
     async def _collect(self, first: _Job):
         jobs, n = [first], len(first.docs)
@@ -274,7 +283,8 @@ class MicroBatcher:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 timeout = deadline - loop.time()
-                if timeout <= 0:
+                # no other request is being received or parsed: nobody to wait for
+                if timeout <= 0 or self.metrics.ner_inflight <= self.waiting_requests:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), timeout)
@@ -526,7 +536,7 @@ def create_app(engine: NerEngine, settings: Settings | None = None):
             return error(503, "server overloaded: too many texts waiting; retry later", "overloaded",
                          {"Retry-After": "1"})
         if kind == "text":
-            return {"entities": [e.to_dict() for e in results[0]]}
-        return {"results": [{"entities": [e.to_dict() for e in r]} for r in results]}
+            return JSONResponse({"entities": [e.to_dict() for e in results[0]]})
+        return JSONResponse({"results": [{"entities": [e.to_dict() for e in r]} for r in results]})
 
     return app

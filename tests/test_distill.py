@@ -43,8 +43,8 @@ def _batch(seed, B=2, S=7, lengths=(7, 4)):
     return {"student": b, "teacher": b, "labels": labels}
 
 
-@pytest.mark.parametrize("kd_loss", ["pos", "struct"])
-def test_meta_gradient_matches_finite_differences(kd_loss):
+@pytest.mark.parametrize("kd_loss,pilot_params", [("pos", "all"), ("struct", "all"), ("pos", "top"), ("pos", "head")])
+def test_meta_gradient_matches_finite_differences(kd_loss, pilot_params):
     t = _tiny_bertcrf(2, 0)
     s = distill.shrink(t, [1])
     with torch.no_grad():  # the student differs from the teacher
@@ -52,7 +52,7 @@ def test_meta_gradient_matches_finite_differences(kd_loss):
             p.add_(0.05 * torch.randn_like(p))
     t.eval(), s.eval()
     batch, quiz = _batch(1), _batch(2)
-    cfg = meta.MetaConfig(kd_loss=kd_loss, alpha=0.5, pilot_lr=0.5)
+    cfg = meta.MetaConfig(kd_loss=kd_loss, alpha=0.5, pilot_lr=0.5, pilot_params=pilot_params)
     probes = [("crf.transitions", (0, 1)), ("encoder.classifier.weight", (2, 3)),
               ("encoder.bert.encoder.layer.1.output.dense.weight", (1, 1)),
               ("encoder.bert.embeddings.word_embeddings.weight", (int(batch["teacher"]["input_ids"][0, 2]), 0))]
@@ -72,6 +72,17 @@ def test_meta_gradient_matches_finite_differences(kd_loss):
         fd = (up - down) / (2 * eps)
         assert abs(g[idx].item()) > 1e-7, f"{name}: meta-gradient is zero, the test would be vacuous"
         assert g[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), name
+
+
+def test_pilot_parameter_choice():
+    s = _tiny_bertcrf(2, 0)
+    all_, top, head = (meta.pilot_parameter_names(s, w) for w in ("all", "top", "head"))
+    assert head == {"encoder.classifier.weight", "encoder.classifier.bias", "crf.transitions", "crf.start", "crf.end"}
+    assert head < top < all_
+    assert all(".layer.1." in n for n in top - head) and not any(".layer.0." in n for n in top)
+    before = {n for n, p in s.named_parameters() if p.requires_grad}
+    meta.quiz_loss_after_pilot(s, _tiny_bertcrf(2, 1), _batch(1), _batch(2), meta.MetaConfig(pilot_params="head"))
+    assert {n for n, p in s.named_parameters() if p.requires_grad} == before  # restored
 
 
 def test_msd_refuses_non_differentiable_kd():

@@ -43,6 +43,7 @@ class DistillArgs:
     pilot_lr: float = field(default=5e-5, metadata={"help": "MSD: lambda, the pilot SGD step size"})
     teacher_lr: float = field(default=2e-5, metadata={"help": "MSD: learning rate of the teacher's Adam"})
     teacher_grad_clip: float = 1.0
+    pilot_params: str = field(default="all", metadata={"help": "MSD: student parameters moved by the pilot step: all | top (top layer + head + CRF) | head (classifier + CRF); cheaper choices cost less per step"})
     quiz_split: str = field(default="holdout", metadata={"help": "MSD quiz data: holdout (fixed slice of train) | dev"})
     quiz_batch_size: int | None = field(default=None, metadata={"help": "default: --batch-size"})
     holdout_fraction: float = 0.1
@@ -120,7 +121,7 @@ def main(argv=None) -> dict:
         targs.out = "runs/student"
     kd_method = dargs.kd_loss if dargs.method == "msd" else dargs.method
     cfg = meta.MetaConfig(dargs.kd_loss, dargs.alpha, dargs.temperature, dargs.pilot_lr,
-                          dargs.teacher_grad_clip) if dargs.method == "msd" else None
+                          dargs.teacher_grad_clip, dargs.pilot_params) if dargs.method == "msd" else None
     trainer.set_threads(targs.threads)
 
     teacher, t_tok, t_info = model_lib.load(dargs.teacher, device=targs.device)
@@ -205,6 +206,7 @@ def main(argv=None) -> dict:
         "layer_map": layers,
         "student_init": dargs.student_init or "teacher",
         "quiz_split": dargs.quiz_split if cfg else None,
+        "pilot_params": dargs.pilot_params if cfg else None,
         "train_sentences": len(train),
         "holdout_sentences": len(holdout),
         "dataset": splits.name,

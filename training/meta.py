@@ -25,6 +25,23 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from training import losses
 
 
+PILOT_PARAMS = ("all", "top", "head")
+
+
+def pilot_parameter_names(student, which: str) -> set[str]:
+    """``all``: every student parameter (MetaDistil); ``head``: classifier + CRF only; ``top``: the
+    top encoder layer + classifier + CRF. The cheaper choices differentiate through fewer layers (the
+    pilot step leaves the other parameters where they are), which bounds the cost of the meta step."""
+    names = {n for n, p in student.named_parameters() if p.requires_grad}
+    if which == "all":
+        return names
+    keep = student.head_parameter_names()
+    if which == "top":
+        top = f".encoder.layer.{student.num_layers - 1}."
+        keep |= {n for n in names if top in n}
+    return names & keep
+
+
 @dataclass
 class MetaConfig:
     kd_loss: str = "pos"
@@ -32,8 +49,11 @@ class MetaConfig:
     temperature: float = 1.0
     pilot_lr: float = 5e-5  # lambda: the pilot SGD step of the student
     teacher_grad_clip: float = 1.0
+    pilot_params: str = "all"  # which student parameters the pilot step moves: all | top | head
 
     def __post_init__(self):
+        if self.pilot_params not in PILOT_PARAMS:
+            raise ValueError(f"pilot_params must be one of {PILOT_PARAMS}, got {self.pilot_params!r}")
         if self.kd_loss not in losses.DIFFERENTIABLE:
             raise ValueError(f"MSD needs a KD loss that is differentiable in the teacher "
                              f"({', '.join(losses.DIFFERENTIABLE)}), got {self.kd_loss!r}")
@@ -52,7 +72,19 @@ def quiz_loss_after_pilot(student, teacher, batch: dict, quiz: dict, cfg: MetaCo
 
 
 def _quiz_loss_after_pilot(student, teacher, batch, quiz, cfg):
-    params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    chosen = pilot_parameter_names(student, cfg.pilot_params)
+    frozen = [p for n, p in student.named_parameters() if p.requires_grad and n not in chosen]
+    for p in frozen:  # no graph through parameters the pilot step does not move
+        p.requires_grad_(False)
+    try:
+        return _pilot(student, teacher, batch, quiz, cfg, chosen)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _pilot(student, teacher, batch, quiz, cfg, chosen):
+    params = {n: p for n, p in student.named_parameters() if n in chosen}
     t_pot = teacher(batch["teacher"])
     targets = losses.teacher_targets(cfg.kd_loss, t_pot, cfg.temperature, differentiable=True)
     s_pot = functional_call(student, params, (batch["student"],))

@@ -1,0 +1,458 @@
+"""Serving benchmark: our ONNX Runtime engine against the usual ways of running the same models.
+
+    python -m serving.bench EXPORT_DIR [--teacher RUN] [--student-checkpoint RUN] [--texts 500]
+                                       [--latency-texts 100] [--threads N] [--data CONLL_FILE]
+                                       [--out benchmarks/results/serving]
+
+Configurations (each measured in a fresh subprocess, so that its peak RSS is its own; all on the
+same texts, in the same run, with the same number of threads):
+
+* ``engine_fp32`` / ``engine_int8``: :class:`serving.engine.NerEngine` (tokenizers + ONNX Runtime +
+  NumPy CRF, entity confidences included) on ``model.onnx`` / ``model.int8.onnx``;
+* ``optimum_student``: optimum's ``ORTModelForTokenClassification`` on the same ``model.onnx``
+  (``file_name="model.onnx"``) in a transformers ``pipeline("token-classification",
+  aggregation_strategy="simple")`` -- no CRF, softmax scores;
+* ``torch_student``: the PyTorch student (``training.model.load`` + ``BertCrf.decode``, Viterbi in
+  torch), on the words of :func:`serving.engine.split_words`; default: the checkpoint named in the
+  export's manifest, when it exists;
+* ``hf_teacher``: transformers ``pipeline("token-classification")`` on the teacher's encoder + head
+  (``RUN/best``, PyTorch, no CRF).
+
+Measured: latency p50/p95/p99 of one text at a time (batch 1, the first ``--latency-texts`` texts),
+throughput in sentences/s and words/s at batch 8 and 32 (the texts in order, in chunks of that
+size: one chunk per call, like micro-batches of a server), load time, peak RSS, model size, and for
+our engine the time per stage (tokenize, onnx, viterbi, confidence, postprocess). Ratios and the
+targets (student >= 8x the teacher pipeline, >= 1.5x optimum, Viterbi <= 5% of end-to-end time)
+are reported, not asserted. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``.
+
+Texts: see :mod:`serving.texts` (CoNLL-2003 test sentences when ``../shared/data`` is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH_SIZES = (8, 32)
+STAGES = ("tokenize", "onnx", "viterbi", "confidence", "postprocess")
+
+
+# --------------------------------------------------------------------------- workers (subprocesses)
+def _engine_predictor(cfg):
+    from serving.engine import NerEngine
+
+    engine = NerEngine.from_dir(cfg["export_dir"], precision=cfg["precision"], threads=cfg["threads"])
+    stages = {}
+
+    def predict(texts, bs, key=None):
+        res, t = engine.predict(texts, batch_size=bs, return_timings=True)
+        if key is not None:
+            acc = stages.setdefault(key, {k: 0.0 for k in STAGES + ("total",)})
+            for k in acc:
+                acc[k] += t[k]
+        return [[(e.start, e.end, e.label) for e in r] for r in res]
+
+    from export import format as fmt
+
+    size = fmt.model_path(cfg["export_dir"], cfg["precision"]).stat().st_size
+    return predict, size, stages
+
+
+def _pipeline_predictor(pipe):
+    def predict(texts, bs, key=None):
+        out = pipe(list(texts), batch_size=bs)
+        return [[(int(e["start"]), int(e["end"]), e["entity_group"]) for e in r] for r in out]
+    return predict
+
+
+def _optimum_predictor(cfg):
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForTokenClassification
+    from transformers import AutoTokenizer, pipeline
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg["threads"]
+    so.inter_op_num_threads = 1
+    model = ORTModelForTokenClassification.from_pretrained(cfg["export_dir"], file_name="model.onnx",
+                                                           local_files_only=True, session_options=so)
+    tok = AutoTokenizer.from_pretrained(cfg["export_dir"])
+    pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="simple")
+    return _pipeline_predictor(pipe), (Path(cfg["export_dir"]) / "model.onnx").stat().st_size, None
+
+
+def _teacher_predictor(cfg):
+    import torch
+    from transformers import pipeline
+
+    from training import checkpoint as ckpt
+
+    torch.set_num_threads(cfg["threads"])
+    best = ckpt.resolve(cfg["checkpoint"])
+    pipe = pipeline("token-classification", model=str(best), tokenizer=str(best), aggregation_strategy="simple",
+                    device=-1)
+    return _pipeline_predictor(pipe), _weights_size(best), None
+
+
+def _torch_student_predictor(cfg):
+    import torch
+
+    from serving.engine import split_words, tags_to_spans
+    from training import checkpoint as ckpt
+    from training.data import Sentence, collate, encode
+    from training.model import load
+
+    torch.set_num_threads(cfg["threads"])
+    model, tok, run = load(cfg["checkpoint"])
+    model.eval()
+    labels = model.labels
+    max_length = int((run.get("args") or {}).get("max_length") or 128)
+
+    def predict(texts, bs, key=None):
+        split = [split_words(t) for t in texts]
+        keep = [i for i, (w, _) in enumerate(split) if w]
+        out = [[] for _ in texts]
+        if not keep:
+            return out
+        enc = encode([Sentence(split[i][0], ["O"] * len(split[i][0])) for i in keep], tok, None,
+                     max_length=max_length)
+        with torch.inference_mode():
+            tags = model.decode(collate(enc.items, enc.pad_token_id))
+        for i, row in zip(keep, tags):
+            offs = split[i][1]
+            out[i] = [(offs[a][0], offs[b - 1][1], typ) for a, b, typ in tags_to_spans([labels[t] for t in row])]
+        return out
+
+    return predict, _weights_size(ckpt.resolve(cfg["checkpoint"])), None
+
+
+def _weights_size(directory: Path) -> int:
+    return sum((directory / f).stat().st_size for f in ("model.safetensors", "crf.safetensors")
+               if (directory / f).is_file())
+
+
+def _pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))] if v else None
+
+
+def run_worker(cfg: dict) -> dict:
+    """Measure one configuration (in this process). ``cfg``: kind, texts_file, threads, ..."""
+    data = json.loads(Path(cfg["texts_file"]).read_text())
+    texts, n_words = data["texts"], data["words"]
+    t0 = time.perf_counter()
+    build = {"engine": _engine_predictor, "optimum": _optimum_predictor, "teacher": _teacher_predictor,
+             "torch_student": _torch_student_predictor}[cfg["kind"]]
+    predict, size, stages = build(cfg)
+    load_s = time.perf_counter() - t0
+    predict(texts[:8], 8)  # warm-up (first-run allocations, lazy imports)
+    lat = []
+    for t in texts[: cfg["latency_texts"]]:
+        t1 = time.perf_counter()
+        predict([t], 1)
+        lat.append((time.perf_counter() - t1) * 1000)
+    throughput, predictions = {}, None
+    for bs in BATCH_SIZES:
+        preds = []
+        t1 = time.perf_counter()
+        for i in range(0, len(texts), bs):
+            preds += predict(texts[i:i + bs], bs, f"b{bs}")
+        dt = time.perf_counter() - t1
+        throughput[str(bs)] = {"seconds": round(dt, 3), "sentences_per_s": round(len(texts) / dt, 2),
+                               "words_per_s": round(n_words / dt, 1)}
+        predictions = preds
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    out = {"kind": cfg["kind"], "load_seconds": round(load_s, 2), "model_bytes": size, "peak_rss_bytes": peak,
+           "latency_ms": {"p50": round(_pct(lat, 50), 3), "p95": round(_pct(lat, 95), 3),
+                          "p99": round(_pct(lat, 99), 3), "mean": round(sum(lat) / len(lat), 3), "n": len(lat)},
+           "throughput": throughput, "predictions": predictions}
+    if stages:
+        out["stages"] = {k: {s: round(v, 4) for s, v in d.items()} for k, d in stages.items()}
+    return out
+
+
+# --------------------------------------------------------------------------- parent
+def machine() -> dict:
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:  # pragma: no cover
+        ort_version = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load = None
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "onnxruntime": ort_version, "loadavg_at_start": load}
+
+
+def _agreement(pred, ref) -> dict:
+    pred = [{tuple(e) for e in p} for p in pred]
+    ref = [{tuple(e) for e in r} for r in ref]
+    tp = sum(len(p & r) for p, r in zip(pred, ref))
+    n_p, n_r = sum(map(len, pred)), sum(map(len, ref))
+    f1 = 2 * tp / (n_p + n_r) if n_p + n_r else 1.0
+    same = sum(p == r for p, r in zip(pred, ref)) / max(len(ref), 1)
+    return {"entity_f1": round(f1, 4), "identical_texts": round(same, 4)}
+
+
+def _ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+def summarize(results: dict) -> tuple[dict, dict]:
+    ok = {k: v for k, v in results.items() if "error" not in v}
+
+    def sps(name, bs):
+        return ok.get(name, {}).get("throughput", {}).get(str(bs), {}).get("sentences_per_s")
+
+    ratios = {}
+    for bs in BATCH_SIZES:
+        for ours in ("engine_fp32", "engine_int8"):
+            for other in ("hf_teacher", "optimum_student", "torch_student"):
+                r = _ratio(sps(ours, bs), sps(other, bs))
+                if r is not None:
+                    ratios[f"{ours}_vs_{other}_b{bs}"] = r
+        r = _ratio(sps("engine_int8", bs), sps("engine_fp32", bs))
+        if r is not None:
+            ratios[f"int8_vs_fp32_b{bs}"] = r
+    if "engine_int8" in ok and "engine_fp32" in ok:
+        ratios["int8_vs_fp32_latency_p50"] = _ratio(ok["engine_int8"]["latency_ms"]["p50"],
+                                                    ok["engine_fp32"]["latency_ms"]["p50"])
+        ratios["int8_vs_fp32_model_size"] = _ratio(ok["engine_int8"]["model_bytes"], ok["engine_fp32"]["model_bytes"])
+    shares = {}
+    for name in ("engine_fp32", "engine_int8"):
+        for key, st in (ok.get(name, {}).get("stages") or {}).items():
+            total = st["total"] or float("nan")
+            shares[f"{name}_{key}"] = {s: round(st[s] / total, 4) for s in STAGES}
+    best = max((sps(n, 32) or 0, n) for n in ("engine_fp32", "engine_int8"))[1] if ok else None
+    targets = {}
+
+    def target(name, value, goal, higher=True):
+        targets[name] = {"value": value, "target": goal,
+                         "met": None if value is None else (value >= goal if higher else value <= goal)}
+
+    target("engine_fp32 / hf_teacher sentences/s (batch 32) >= 8", ratios.get("engine_fp32_vs_hf_teacher_b32"), 8)
+    if best == "engine_int8":
+        target("engine_int8 / hf_teacher sentences/s (batch 32) >= 8",
+               ratios.get("engine_int8_vs_hf_teacher_b32"), 8)
+    target("engine_fp32 / optimum_student sentences/s (batch 32) >= 1.5",
+           ratios.get("engine_fp32_vs_optimum_student_b32"), 1.5)
+    sh = shares.get("engine_fp32_b32", {})
+    target("Viterbi share of end-to-end engine time (fp32, batch 32) <= 5%", sh.get("viterbi"), 0.05, higher=False)
+    return ratios, {"targets": targets, "stage_shares": shares}
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    R = report["results"]
+    mb = lambda b: "" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
+    lines = ["# Serving benchmark", "",
+             f"- command: `{report['command']}`", f"- date: {report['date']}",
+             f"- machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs, "
+             f"{report['machine']['platform']}, Python {report['machine']['python']}, onnxruntime "
+             f"{report['machine']['onnxruntime']}; {report['threads']} threads per configuration",
+             f"- texts: {report['texts']['n']} sentences, {report['texts']['words']} words, from "
+             f"{report['texts']['source']}; latency on the first {report['latency_texts']}",
+             f"- export: `{report['export_dir']}`"]
+    load = report["machine"].get("loadavg_at_start")
+    if load and load[0] > 0.25 * (report["machine"]["cpu_count"] or 1):
+        lines.append(f"- **warning**: load average {load[0]} at the start -- other processes shared the CPUs; "
+                     "absolute numbers (PyTorch's in particular, whose OpenMP threads suffer most from "
+                     "oversubscription) are not representative. Re-run on an idle machine.")
+    lines += ["",
+              "| configuration | model MB | load s | peak RSS MB | p50 ms | p95 ms | p99 ms | sent/s b8 | sent/s b32 "
+              "| words/s b32 | agreement with engine_fp32 (entity F1) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in R.items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error'][:120]} |||||||||")
+            continue
+        lat, thr = r["latency_ms"], r["throughput"]
+        agree = (r.get("agreement") or {}).get("entity_f1", "")
+        lines.append(f"| {name} | {mb(r['model_bytes'])} | {r['load_seconds']} | {mb(r['peak_rss_bytes'])} | "
+                     f"{lat['p50']} | {lat['p95']} | {lat['p99']} | {thr['8']['sentences_per_s']} | "
+                     f"{thr['32']['sentences_per_s']} | {thr['32']['words_per_s']} | {agree} |")
+    lines += ["", "## Ratios (sentences/s, same texts, same run)", ""]
+    lines += [f"- {k}: **{v}x**" for k, v in report["ratios"].items()] or ["- (no comparison ran)"]
+    lines += ["", "## Targets (reported, not asserted)", ""]
+    for k, t in report["summary"]["targets"].items():
+        v = t["value"]
+        shown = "n/a" if v is None else (f"{100 * v:.1f}%" if "share" in k else f"{v}x")
+        lines.append(f"- {k}: {shown} -> {'met' if t['met'] else 'not met' if t['met'] is False else 'not measured'}")
+    lines += ["", "## Engine time by stage (share of end-to-end)", ""]
+    for k, sh in report["summary"]["stage_shares"].items():
+        lines.append(f"- {k}: " + ", ".join(f"{s} {100 * v:.1f}%" for s, v in sh.items()))
+    lines += ["", "Notes: the engine's numbers include splitting raw text into words, the CRF (Viterbi) and "
+              "the exact CRF confidence of every entity (forward-backward, `confidence`); optimum and the teacher "
+              "pipeline have no CRF (softmax scores, `aggregation_strategy=\"simple\"`). Each configuration ran in "
+              "its own process; peak RSS is that process's maximum resident set size.", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(report: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    R = {k: v for k, v in report["results"].items() if "error" not in v}
+    if not R:
+        return False
+    names = list(R)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    w = 0.38
+    for j, bs in enumerate(BATCH_SIZES):
+        vals = [R[n]["throughput"][str(bs)]["sentences_per_s"] for n in names]
+        a1.bar([i + (j - 0.5) * w for i in range(len(names))], vals, w, label=f"batch {bs}")
+    a1.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    a1.set_ylabel("sentences / s")
+    a1.set_yscale("log")
+    a1.set_title("Throughput")
+    a1.legend()
+    w = 0.27
+    for j, q in enumerate(("p50", "p95", "p99")):
+        vals = [R[n]["latency_ms"][q] for n in names]
+        a2.bar([i + (j - 1) * w for i in range(len(names))], vals, w, label=q)
+    a2.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    a2.set_ylabel("ms (one text)")
+    a2.set_yscale("log")
+    a2.set_title("Latency at batch 1")
+    a2.legend()
+    fig.suptitle(f"{report['texts']['n']} sentences, {report['threads']} threads, "
+                 f"{report['machine']['cpu_count']} CPUs ({report['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:  # internal: python -m serving.bench --worker CONFIG RESULT
+        cfg = json.loads(Path(argv[1]).read_text())
+        Path(argv[2]).write_text(json.dumps(run_worker(cfg)))
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("export_dir", metavar="EXPORT_DIR")
+    ap.add_argument("--teacher", default=None, help="teacher run or checkpoint (transformers pipeline baseline)")
+    ap.add_argument("--student-checkpoint", default=None,
+                    help="PyTorch student run or checkpoint (default: the export's source checkpoint, if present)")
+    ap.add_argument("--texts", type=int, default=500)
+    ap.add_argument("--latency-texts", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--data", default=None, help="CoNLL file (default: CoNLL-2003 test when present)")
+    ap.add_argument("--only", default=None, help="comma-separated configurations to run")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"),
+                    help="output path prefix (.json, .md, .png are appended)")
+    args = ap.parse_args(argv)
+    if args.texts < 1 or args.latency_texts < 1 or args.threads < 1:
+        ap.error("--texts, --latency-texts and --threads must be >= 1")
+
+    from export import format as fmt
+    from serving.texts import load_sentences
+
+    try:
+        manifest = fmt.read_manifest(args.export_dir)
+    except fmt.ExportFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sentences, source = load_sentences(args.texts, args.data)
+    texts = [" ".join(s) for s in sentences]
+    n_words = sum(len(s) for s in sentences)
+    student = args.student_checkpoint
+    if student is None:
+        src = (manifest.get(fmt.K_SOURCE) or {}).get("checkpoint")
+        if src and Path(src).is_dir():
+            student = src
+    configs = {"engine_fp32": {"kind": "engine", "precision": "fp32"}}
+    if "int8" in manifest.get(fmt.K_PRECISIONS, []):
+        configs["engine_int8"] = {"kind": "engine", "precision": "int8"}
+    configs["optimum_student"] = {"kind": "optimum"}
+    if student:
+        configs["torch_student"] = {"kind": "torch_student", "checkpoint": str(student)}
+    if args.teacher:
+        configs["hf_teacher"] = {"kind": "teacher", "checkpoint": str(args.teacher)}
+    if args.only:
+        wanted = set(args.only.split(","))
+        configs = {k: v for k, v in configs.items() if k in wanted}
+
+    results = {}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+               OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        tfile = Path(tmp) / "texts.json"
+        tfile.write_text(json.dumps({"texts": texts, "words": n_words}))
+        for name, c in configs.items():
+            cfg = {**c, "export_dir": str(Path(args.export_dir).resolve()), "texts_file": str(tfile),
+                   "threads": args.threads, "latency_texts": min(args.latency_texts, len(texts))}
+            cpath, rpath = Path(tmp) / f"{name}.cfg.json", Path(tmp) / f"{name}.result.json"
+            cpath.write_text(json.dumps(cfg))
+            print(f"[bench] {name} ...", flush=True)
+            t0 = time.time()
+            try:
+                p = subprocess.run([sys.executable, "-m", "serving.bench", "--worker", str(cpath), str(rpath)],
+                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+                if p.returncode != 0:
+                    tail = [x for x in p.stderr.strip().splitlines() if x.strip()][-1:] or ["no output"]
+                    results[name] = {"error": f"exit code {p.returncode}: {tail[0]}"}
+                else:
+                    results[name] = json.loads(rpath.read_text())
+            except subprocess.TimeoutExpired:
+                results[name] = {"error": f"timed out after {args.timeout} s"}
+            r = results[name]
+            print(f"[bench] {name}: " + (r["error"] if "error" in r else
+                  f"{r['throughput']['32']['sentences_per_s']} sent/s (b32), p50 {r['latency_ms']['p50']} ms, "
+                  f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MB") + f" [{time.time() - t0:.0f} s]", flush=True)
+    ref = results.get("engine_fp32", {}).get("predictions")
+    for name, r in results.items():
+        preds = r.pop("predictions", None)
+        if ref is not None and preds is not None and "error" not in r:
+            r["agreement"] = _agreement(preds, ref)
+    ratios, summary = summarize(results)
+    report = {
+        "command": " ".join(["python -m serving.bench"] + [shlex.quote(a) for a in argv]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), "threads": args.threads, "export_dir": str(args.export_dir),
+        "export": {"kind": manifest.get(fmt.K_KIND), "method": manifest.get(fmt.K_METHOD),
+                   "model": manifest.get(fmt.K_MODEL), "optimize": (manifest.get(fmt.K_OPTIMIZE) or {}).get("applied"),
+                   "max_length": manifest.get(fmt.K_MAX_LENGTH)},
+        "teacher": args.teacher, "student_checkpoint": student,
+        "texts": {"n": len(texts), "words": n_words, "source": source}, "latency_texts": min(args.latency_texts,
+                                                                                          len(texts)),
+        "results": results, "ratios": ratios, "summary": summary,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, Path(f"{out}.md"))
+    plotted = plot(report, Path(f"{out}.png"))
+    print(f"wrote {out}.json, {out}.md" + (f", {out}.png" if plotted else " (no matplotlib: no plot)"))
+    for k, t in summary["targets"].items():
+        print(f"  {k}: {t['value']} ({'met' if t['met'] else 'not met' if t['met'] is False else 'n/a'})")
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
