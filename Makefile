@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNS   ?= runs
 EPOCHS ?= 5
+STUDENT_EPOCHS ?= 3
+PY     := $(BIN)/python
 
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -29,9 +31,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The main job on the offline defaults (MiniLM-L6 teacher, WNUT-16 tweets): teacher -> baseline and
+# MSD students (3 layers) -> F1 / size table -> ONNX export (fp32 + int8) with parity figures.
+# Every step resumes: re-running `make run` skips what is finished.
 run: $(STAMP)
-	$(BIN)/python -m training.teacher --out $(RUNS)/teacher --epochs $(EPOCHS) --resume
-	$(BIN)/python -m training.evaluate $(RUNS)/teacher --split test
+	$(PY) -m training.teacher --out $(RUNS)/teacher --epochs $(EPOCHS) --resume
+	$(PY) -m training.distill --method none --teacher $(RUNS)/teacher --out $(RUNS)/student-none \
+		--epochs $(STUDENT_EPOCHS) --resume
+	$(PY) -m training.distill --method msd --teacher $(RUNS)/teacher --out $(RUNS)/student \
+		--epochs $(STUDENT_EPOCHS) --resume
+	$(PY) -m training.report $(RUNS)/teacher $(RUNS)/student-none $(RUNS)/student
+	$(PY) -m export.onnx $(RUNS)/student --quantize int8
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -226,7 +226,8 @@ def build_app(teacher, student, max_chars: int = MAX_CHARS, example_texts: list[
         texts = examples() if example_texts is None else list(example_texts)
         # explicit labels: also avoids a race in Gradio's example gallery (a front-end error on load)
         gr.Examples(examples=[[x] for x in texts], inputs=[text], example_labels=[example_label(x) for x in texts],
-                    label="Examples: WNUT-16 test tweets, then typed ones (the last is long)")
+                    label=("Examples: WNUT-16 test tweets, then typed ones (the last is long)"
+                           if example_texts is None else "Examples"))
         status = gr.Markdown("", elem_id="status")
         with gr.Row(equal_height=True):
             with gr.Column():

@@ -18,13 +18,15 @@ before anything heavy is imported. torch is imported only for a PyTorch teacher.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from export import format as fmt
-from serving.engine import DEFAULT_WINDOW_OVERLAP, Entity, plan_windows, span_probability, split_words, tags_to_spans
+from serving import engine as _engine
+from serving.engine import Entity, plan_windows, span_probability, split_words, tags_to_spans
+
+DEFAULT_WINDOW_OVERLAP = getattr(_engine, "DEFAULT_WINDOW_OVERLAP", 0.25)  # the engine's default
 
 __all__ = ["ModelError", "Prediction", "OnnxTagger", "TorchTagger", "load_model", "check_model_path",
            "human_bytes", "human_count"]

@@ -26,6 +26,11 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 DEFAULT_TEXT = "Angela Merkel met Emmanuel Macron in Paris on Tuesday to discuss the future of the European Union."
 
 
+STATUS_WORDS = ("Agreement:", "Disagreement:", "Cannot tag this text", "Something went wrong")
+WAIT_STATUS = ("() => { const t = document.querySelector('#status')?.innerText || ''; return "
+               + " || ".join(f"t.includes({w!r})" for w in STATUS_WORDS) + "; }")
+
+
 def find_chromium() -> str | None:
     """A system Chromium / Chrome binary, or ``None``."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
@@ -50,9 +55,8 @@ def run_in_page(page, url: str, text: str, timeout_ms: float = 30_000) -> None:
     page.wait_for_load_state("networkidle", timeout=timeout_ms)
     page.locator("#input-text textarea").fill(text)
     page.locator("#run-button").click()
-    # the status line is filled by every answer (results, refusal or error message)
-    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').trim().length > 0",
-                           timeout=timeout_ms)
+    # the status line is filled by every answer: results, refusal or error message
+    page.wait_for_function(WAIT_STATUS, timeout=timeout_ms)
 
 
 def highlighted(page, panel: str) -> list[tuple[str, str]]:

@@ -311,3 +311,14 @@ def test_model_path_errors(forced, tmp_path):
         check_model_path(tmp_path / "run", "student")  # a dir whose onnx/ is the export
     with pytest.raises(ModelError, match=r"neither a checkpoint .* nor an ONNX export"):
         check_model_path(tmp_path, "teacher")
+
+
+def test_load_model_kinds(forced):
+    from demo.models import ModelError, OnnxTagger, TorchTagger, load_model
+
+    onnx_teacher = load_model(forced["export_a"], "teacher")
+    assert isinstance(onnx_teacher, OnnxTagger) and onnx_teacher.role == "teacher"
+    assert key(onnx_teacher.predict(TEXT).entities) == EXPECT_A
+    assert isinstance(load_model(forced["run_a"] / "best", "teacher"), TorchTagger)
+    with pytest.raises(ModelError, match=r"student export .*no int8 model.*--quantize int8"):
+        load_model(forced["export_a"], "student", precision="int8")

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - depends on the install
 
 CHROMIUM = find_chromium()
 pytestmark = [
+    pytest.mark.filterwarnings("ignore:'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated"),  # inside gradio
     pytest.mark.skipif(sync_playwright is None, reason="Playwright for Python is not installed (pip install playwright)"),
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (Debian: apt-get install chromium)"),
 ]
