@@ -43,10 +43,11 @@ def _setup(method: str, teacher_path: str | None, batch_size: int, n_batches: in
     from training import distill, losses, meta, trainer
     from training import model as model_lib
 
-    splits = data_lib.load_dataset("default")
-    if teacher_path:
-        teacher, tok, _ = model_lib.load(teacher_path)
+    if teacher_path:  # the teacher's own dataset
+        teacher, tok, info = model_lib.load(teacher_path)
+        splits = data_lib.load_dataset(info["args"]["dataset"], data_dir=info["args"].get("data_dir"))
     else:
+        splits = data_lib.load_dataset("default")
         torch.manual_seed(0)
         teacher = model_lib.BertCrf.from_encoder("default", splits.labels)
         tok = model_lib.load_tokenizer("default")
@@ -187,8 +188,8 @@ def main(argv=None) -> int:
         f"- command: `{meta_info['command']}`",
         f"- date: {meta_info['date']}",
         f"- machine: {meta_info['machine']}",
-        f"- {args.steps} timed steps (after {args.warmup} warm-up) of batch {args.batch_size} on the default "
-        f"dataset's train split, the same batches for every method; teacher {results[0]['teacher_layers']} layers "
+        f"- {args.steps} timed steps (after {args.warmup} warm-up) of batch {args.batch_size} on the teacher's "
+        f"dataset's train split (the default dataset without --teacher), the same batches for every method; teacher {results[0]['teacher_layers']} layers "
         f"({meta_info['teacher']}), student {results[0]['student_layers']} layers; MSD pilot parameters: "
         f"`{args.pilot_params}`. Times: all methods round-robin in one process (same batches, same machine "
         "load); peak RSS: each method alone in its own process.",
