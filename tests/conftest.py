@@ -85,3 +85,22 @@ def make_tiny_encoder(directory: Path, labels=TOY_LABELS, layers: int = 2, hidde
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), layers=4)
+
+
+def kill_during_epoch(monkeypatch, epoch: int, after_batches: int):
+    """Make the training loop raise KeyboardInterrupt after ``after_batches`` batches of ``epoch``
+    (a process killed mid-epoch); returns a function that undoes it."""
+    from training import trainer as trainer_mod
+
+    real_tqdm = trainer_mod.tqdm
+
+    def killing(it, *a, desc="", **k):
+        def gen():
+            for i, b in enumerate(it):
+                if desc.startswith(f"epoch {epoch}/") and i == after_batches:
+                    raise KeyboardInterrupt
+                yield b
+        return real_tqdm(gen(), *a, desc=desc, **k)
+
+    monkeypatch.setattr(trainer_mod, "tqdm", killing)
+    return lambda: monkeypatch.setattr(trainer_mod, "tqdm", real_tqdm)

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForTokenClassification
 from training import distill, meta, teacher
 from training.model import BertCrf
 
-from conftest import make_tiny_encoder
+from conftest import kill_during_epoch, make_tiny_encoder
 
 
 # ---------------------------------------------------------------- meta-gradient, float64
@@ -157,26 +157,14 @@ def test_each_method_learns_and_only_msd_changes_the_teacher(toy_teacher, tmp_pa
 
 
 def test_msd_resume_is_exact(toy_teacher, tmp_path, monkeypatch):
-    from training import trainer as trainer_mod
-
     straight = tmp_path / "straight"
-    _distill(toy_teacher, straight, "msd", 2, "--kd_loss", "struct", "--quiz_split", "dev")
-    real_tqdm = trainer_mod.tqdm
-
-    def killed_in_epoch_2(it, *a, desc="", **k):
-        def gen():
-            for i, b in enumerate(it):
-                if desc.startswith("epoch 2") and i == 2:
-                    raise KeyboardInterrupt
-                yield b
-        return real_tqdm(gen(), *a, desc=desc, **k)
-
+    _distill(toy_teacher, straight, "msd", 2, "--kd_loss", "struct", "--quiz_split", "dev", "--limit_train", "48")
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(trainer_mod, "tqdm", killed_in_epoch_2)
+    undo = kill_during_epoch(monkeypatch, epoch=2, after_batches=2)
     with pytest.raises(KeyboardInterrupt):
-        _distill(toy_teacher, resumed, "msd", 2, "--kd_loss", "struct", "--quiz_split", "dev")
-    monkeypatch.setattr(trainer_mod, "tqdm", real_tqdm)
-    _distill(toy_teacher, resumed, "msd", 2, "--kd_loss", "struct", "--quiz_split", "dev", "--resume")
+        _distill(toy_teacher, resumed, "msd", 2, "--kd_loss", "struct", "--quiz_split", "dev", "--limit_train", "48")
+    undo()
+    _distill(toy_teacher, resumed, "msd", 2, "--kd_loss", "struct", "--quiz_split", "dev", "--limit_train", "48", "--resume")
     for part in ("last/model.safetensors", "last/teacher/model.safetensors", "last/crf.safetensors"):
         a, b = load_file(str(straight / part)), load_file(str(resumed / part))
         for k in a:

@@ -10,7 +10,7 @@ from transformers import AutoModelForTokenClassification
 
 from training import evaluate, teacher
 
-from conftest import make_tiny_encoder
+from conftest import kill_during_epoch, make_tiny_encoder
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +46,14 @@ def test_teacher_learns_and_writes_run(enc_dir, toy_data_dir, tmp_path):
 
 
 def test_resume_equals_uninterrupted(enc_dir, toy_data_dir, tmp_path, monkeypatch):
-    from training import trainer as trainer_mod
-
     straight = tmp_path / "straight"
     teacher.main(_argv(enc_dir, toy_data_dir, straight, 2))
 
-    real_tqdm = trainer_mod.tqdm
-
-    def killed_in_epoch_2(it, *a, desc="", **k):  # the process dies 3 batches into epoch 2
-        def gen():
-            for i, b in enumerate(it):
-                if desc.startswith("epoch 2") and i == 3:
-                    raise KeyboardInterrupt
-                yield b
-        return real_tqdm(gen(), *a, desc=desc, **k)
-
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(trainer_mod, "tqdm", killed_in_epoch_2)
+    undo = kill_during_epoch(monkeypatch, epoch=2, after_batches=3)
     with pytest.raises(KeyboardInterrupt):
         teacher.main(_argv(enc_dir, toy_data_dir, interrupted, 2))
-    monkeypatch.setattr(trainer_mod, "tqdm", real_tqdm)
+    undo()
     assert not (interrupted / "metrics.json").exists()
     teacher.main(_argv(enc_dir, toy_data_dir, interrupted, 2, "--resume"))
     a = load_file(str(straight / "last" / "model.safetensors"))

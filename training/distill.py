@@ -187,12 +187,7 @@ def main(argv=None) -> dict:
             targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
         loss, parts = losses.distill_loss(kd_method, student(batch["student"]), batch["labels"], targets,
                                           dargs.alpha, dargs.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if targs.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), targs.grad_clip)
-        opt.step()
-        sched.step()
+        trainer.update(loss, student, opt, sched, targs.grad_clip)
         return logs | {"loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                        "tokens": int(batch["student"]["attention_mask"].sum())}
 

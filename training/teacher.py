@@ -65,12 +65,7 @@ def main(argv=None) -> dict:
     def step(batch):
         batch.pop("index", None)
         loss = model.nll(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if targs.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), targs.grad_clip)
-        opt.step()
-        sched.step()
+        trainer.update(loss, model, opt, sched, targs.grad_clip)
         return {"loss": loss.item(), "tokens": int(batch["attention_mask"].sum())}
 
     run_info = {

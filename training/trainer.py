@@ -110,6 +110,16 @@ def linear_warmup(optimizer, total_steps: int, warmup_ratio: float):
     return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), max(total_steps, 1))
 
 
+def update(loss: torch.Tensor, model, optimizer, scheduler, grad_clip: float) -> None:
+    """One optimizer update: backward, gradient clipping (``grad_clip <= 0``: none), step, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
