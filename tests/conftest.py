@@ -104,3 +104,25 @@ def kill_during_epoch(monkeypatch, epoch: int, after_batches: int):
 
     monkeypatch.setattr(trainer_mod, "tqdm", killing)
     return lambda: monkeypatch.setattr(trainer_mod, "tqdm", real_tqdm)
+
+
+def make_char_encoder(directory: Path, labels=TOY_LABELS, layers: int = 2, hidden: int = 32) -> Path:
+    """A tiny BERT with its own character-level WordPiece tokenizer (a different tokenizer from
+    the teacher's: words split into many more sub-tokens)."""
+    import string
+
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + list(string.ascii_lowercase) + [
+        f"##{c}" for c in string.ascii_lowercase]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(directory)
+    torch.manual_seed(5)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={l: i for i, l in enumerate(labels)})
+    BertForTokenClassification(cfg).save_pretrained(directory, safe_serialization=True)
+    return directory

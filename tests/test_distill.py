@@ -171,3 +171,23 @@ def test_msd_resume_is_exact(toy_teacher, tmp_path, monkeypatch):
             assert torch.equal(a[k], b[k]), (part, k)
     info = json.loads((resumed / "best" / "run.json").read_text())
     assert info["quiz_split"] == "dev" and info["kd_loss"] == "struct"
+
+
+def test_student_with_another_encoder_and_tokenizer(toy_teacher, tmp_path):
+    from conftest import make_char_encoder
+
+    from training import model as model_lib
+
+    enc = make_char_encoder(tmp_path / "chars")
+    t_tok = model_lib.load_tokenizer(str(toy_teacher / "best"))
+    s_tok = model_lib.load_tokenizer(str(enc))
+    assert len(s_tok("yesterday")["input_ids"]) > len(t_tok("yesterday")["input_ids"])  # really different
+    out = tmp_path / "char-student"
+    _distill(toy_teacher, out, "struct", 2, "--student_init", str(enc))
+    info = json.loads((out / "best" / "run.json").read_text())
+    assert info["student_init"] == str(enc) and info["num_layers"] == 2 and info["layer_map"] == [0, 1]
+    log = _log(out)
+    start = next(r for r in log if r.get("epoch") == 0)
+    assert [r for r in log if r.get("epoch") == 2 and "dev_loss" in r][0]["dev_loss"] < start["dev_loss"]
+    student, tok, _ = model_lib.load(out)
+    assert tok.get_vocab() == s_tok.get_vocab()  # the student keeps its own tokenizer

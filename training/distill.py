@@ -140,8 +140,8 @@ def main(argv=None) -> dict:
     train, holdout = split_holdout(splits.train, dargs.holdout_fraction)
     quiz_sents = splits.dev if dargs.quiz_split == "dev" else holdout
     print(f"dataset {splits.name}: {len(train)} train sentences ({len(holdout)} held out), "
-          f"{len(splits.dev)} dev, {len(splits.test)} test; student {len(layers)} layers {layers} of "
-          f"the teacher's {teacher.num_layers}")
+          f"{len(splits.dev)} dev, {len(splits.test)} test; student: layers {layers} of "
+          f"{dargs.student_init or 'the teacher'}")
 
     label2id = {l: i for i, l in enumerate(teacher.labels)}
     same_tok = s_tok.backend_tokenizer.to_str() == t_tok.backend_tokenizer.to_str()
