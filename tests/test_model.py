@@ -122,3 +122,12 @@ def test_head_parameters_are_classifier_and_crf(tiny):
     names = model.head_parameter_names()
     assert names == {"encoder.classifier.weight", "encoder.classifier.bias",
                      "crf.transitions", "crf.start", "crf.end"}
+
+
+def test_recover_any_atomic_dir(tmp_path):
+    (tmp_path / "last.old").mkdir()
+    (tmp_path / "last.old" / "trainer_state.json").write_text("{}")
+    assert ckpt.recover(tmp_path / "last") == tmp_path / "last"
+    assert (tmp_path / "last" / "trainer_state.json").exists() and not (tmp_path / "last.old").exists()
+    (tmp_path / "last.old").mkdir()  # both present: the new one wins, nothing is touched
+    assert ckpt.recover(tmp_path / "last").exists() and (tmp_path / "last.old").exists()

@@ -108,3 +108,14 @@ def test_entity_metrics_against_hand_count():
     # 3 gold spans, 3 predicted, 2 correct
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
     assert m["per_type"]["PER"]["f1"] == 1.0 and m["per_type"]["LOC"]["recall"] == 0.0
+
+
+def test_resume_refuses_run_without_resume_state(enc_dir, toy_data_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "t"
+    teacher.main(_argv(enc_dir, toy_data_dir, out, 1))
+    shutil.rmtree(out / "last")
+    with pytest.raises(SystemExit, match="no last/"):
+        teacher.main(_argv(enc_dir, toy_data_dir, out, 2, "--resume"))
+    assert (out / "best" / "run.json").exists()  # the best checkpoint is kept

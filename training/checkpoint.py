@@ -62,10 +62,7 @@ def resolve(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{p}: not a directory")
     if is_checkpoint(p):
         return p
-    best = p / BEST
-    old = p / (BEST + ".old")
-    if not best.exists() and old.exists() and is_checkpoint(old):
-        old.rename(best)
+    best = recover(p / BEST)
     if is_checkpoint(best):
         return best
     missing = [f for f in (CONFIG_FILE, CRF_FILE, RUN_FILE) if not (p / f).is_file()]
@@ -74,6 +71,15 @@ def resolve(path: str | os.PathLike) -> Path:
         f"checkpoint inside it. Train one with `python -m training.teacher` or "
         f"`python -m training.distill`."
     )
+
+
+def recover(target: str | os.PathLike) -> Path:
+    """Undo a crash between the two renames of :func:`atomic_dir`: ``X.old`` back to ``X``."""
+    target = Path(target)
+    old = target.with_name(target.name + ".old")
+    if not target.exists() and old.is_dir():
+        old.rename(target)
+    return target
 
 
 def read_run(path: str | os.PathLike) -> dict:
@@ -138,7 +144,7 @@ def atomic_dir(target: str | os.PathLike):
     """Yield a temporary directory; on success it replaces ``target`` as a whole.
 
     The old version is renamed to ``<target>.old`` before the new one is moved in, and removed
-    after; :func:`resolve` restores ``.old`` if a crash happened between the two renames.
+    after; :func:`recover` restores ``.old`` if a crash happened between the two renames.
     On error the temporary directory is removed and ``target`` is left untouched.
     """
     target = Path(target)

@@ -32,17 +32,19 @@ def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool 
     labels = model.labels
     out: list[list[str] | None] = [None] * len(encoded.items)
     nll_sum = 0.0
-    for batch in data_lib.batches(encoded, batch_size, bucket=True):
-        idx = batch.pop("index").tolist()
-        batch = {k: v.to(device) for k, v in batch.items()}
-        p = model(batch)
-        _, paths = crf.viterbi(*p.args())
-        if with_loss:
-            nll_sum += float(crf.nll(p.emissions, batch["labels"], *p.args()[1:]).sum())
-        for row, i in enumerate(idx):
-            tags = [labels[t] for t in paths[row, : int(p.mask[row].sum())].tolist()]
-            out[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
-    model.train(was_training)
+    try:
+        for batch in data_lib.batches(encoded, batch_size, bucket=True):
+            idx = batch.pop("index").tolist()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            p = model(batch)
+            _, paths = crf.viterbi(*p.args())
+            if with_loss:
+                nll_sum += float(crf.nll(p.emissions, batch["labels"], *p.args()[1:]).sum())
+            for row, i in enumerate(idx):
+                tags = [labels[t] for t in paths[row, : int(p.mask[row].sum())].tolist()]
+                out[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
+    finally:
+        model.train(was_training)
     if with_loss:
         return out, nll_sum / max(len(out), 1)
     return out

@@ -215,6 +215,11 @@ def run(fit: Fit) -> dict:
     out = Path(args.out)
     log_path = out / ckpt.LOG_FILE
     state = {"epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": 0, "train_seconds": 0.0, "tokens": 0}
+    for name in (ckpt.BEST, ckpt.LAST, *fit.extras):
+        ckpt.recover(out / name)
+    if args.resume and not (out / ckpt.LAST).exists() and (out / ckpt.BEST).exists():
+        raise SystemExit(f"error: {out} has a best/ checkpoint but no last/ resume state; "
+                         "use --overwrite to start again")
     if args.resume and (out / ckpt.LAST / "trainer_state.json").exists():
         state = _load_state(fit, out / ckpt.LAST)
         state.pop("schedulers", None)
