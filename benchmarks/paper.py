@@ -157,7 +157,8 @@ def report(out_md: Path) -> str:
         epochs = sorted({r["epochs"] for r in sub if r["method"] != "teacher"})
         lines += ["", f"Budget: students {epochs} epoch(s), teacher "
                   f"{sorted({r['epochs'] for r in sub if r['method'] == 'teacher'})} epoch(s); batch 16, max length 128, "
-                  "alpha 0.5, T 1, Adam(W).", ""]
+                  "alpha 0.5, T 1, Adam(W). `train s` and `tok/s` are as measured per cell, on 2 cores that other "
+                  "jobs often shared: compare methods' costs with `distill_cost.md` (all methods in one run) instead.", ""]
         lines += verdict(sub)
     lines += depth_alpha_sections(rows)
     text = "\n".join(lines) + "\n"
