@@ -192,7 +192,8 @@ def verdict(sub: list[dict]) -> list[str]:
         sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
         out.append(f"- MSD − {other}, paired per seed: {', '.join(f'{x:+.2f}' for x in d)} "
                    f"(mean {mean_d:+.2f}, sd of differences {sd_d:.2f}); seed-to-seed sd of {other}: {sd:.2f}. "
-                   + ("The difference is larger than the seed spread." if len(d) > 1 and abs(mean_d) > 2 * sd_d and abs(mean_d) > sd
+                   + ("One seed only: no spread to compare against yet." if len(d) < 2 else
+                      "The difference is larger than the seed spread." if abs(mean_d) > 2 * sd_d and abs(mean_d) > sd
                       else "The difference is within the seed-to-seed spread: no evidence that MSD differs."))
     return out + [""]
 
