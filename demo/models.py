@@ -24,7 +24,8 @@ from pathlib import Path
 
 from export import format as fmt
 from serving import engine as _engine
-from serving.engine import Entity, plan_windows, span_probability, split_words, tags_to_spans
+from serving.engine import (Entity, merge_windows, plan_windows, span_probability, span_score, split_words,
+                            tags_to_spans)
 
 DEFAULT_WINDOW_OVERLAP = getattr(_engine, "DEFAULT_WINDOW_OVERLAP", 0.25)  # the engine's default
 
@@ -120,11 +121,13 @@ class OnnxTagger(_Base):
 
 
 # --------------------------------------------------------------------------- PyTorch checkpoint
-def _centrality(i: int, lo: int, hi: int, n: int) -> float:
-    """Distance of word ``i`` to the nearest cut edge of window ``[lo, hi)`` (text edges are no cut)."""
-    left = float("inf") if lo == 0 else i - lo
-    right = float("inf") if hi == n else hi - 1 - i
-    return min(left, right)
+@dataclass
+class _TorchWindow:
+    lo: int
+    hi: int
+    tags: list
+    node: object
+    edge: object
 
 
 class TorchTagger(_Base):
@@ -189,7 +192,7 @@ class TorchTagger(_Base):
         return plan_windows(counts, self.budget, self.window_overlap)
 
     def tag_words(self, words: list[str]):
-        """Tag ids per word (windows merged) and, per window, ``(lo, hi, tags, node, edge)``."""
+        """Tag ids per word (windows merged) and the windows (lo, hi, tags, node and edge marginals)."""
         import torch
 
         from training import crf as crf_lib
@@ -207,37 +210,16 @@ class TorchTagger(_Base):
             p = self.model(batch)
             _, paths = crf_lib.viterbi(*p.args())
             node, edge = crf_lib.marginals(*p.args())
-        per_window = []
-        for b, (lo, hi) in enumerate(spans):
-            m = hi - lo
-            per_window.append((lo, hi, paths[b, :m].tolist(), node[b, :m].numpy(), edge[b, : max(m - 1, 0)].numpy()))
-        if len(per_window) == 1:
-            return per_window[0][2], per_window
-        row, best = [0] * n, [-1.0] * n
-        for lo, hi, tags, _, _ in per_window:
-            for i in range(lo, hi):
-                c = _centrality(i, lo, hi, n)
-                if c > best[i]:
-                    best[i], row[i] = c, tags[i - lo]
-        return row, per_window
+        per_window = [_TorchWindow(lo, hi, paths[b, : hi - lo].tolist(), node[b, : hi - lo].numpy(),
+                                   edge[b, : max(hi - lo - 1, 0)].numpy()) for b, (lo, hi) in enumerate(spans)]
+        return merge_windows(per_window, n), per_window
 
     @staticmethod
     def _span_score(tags, lo, hi, per_window, n) -> float:
-        def prob(w, a, b):
-            wlo, whi, _, node, edge = w
-            return span_probability(node, edge, list(tags[wlo:whi]), a - wlo, b - wlo)
+        def prob(w, tags, a, b):
+            return span_probability(w.node, w.edge, list(tags[w.lo:w.hi]), a - w.lo, b - w.lo)
 
-        inside = [w for w in per_window if w[0] <= lo and hi <= w[1]]
-        if inside:
-            w = max(inside, key=lambda w: min(_centrality(lo, w[0], w[1], n), _centrality(hi - 1, w[0], w[1], n)))
-            return prob(w, lo, hi)
-        p, i = 1.0, lo
-        while i < hi:
-            w = max((w for w in per_window if w[0] <= i < w[1]), key=lambda w: _centrality(i, w[0], w[1], n))
-            j = min(hi, w[1])
-            p *= prob(w, i, j)
-            i = j
-        return p
+        return span_score(per_window, tags, lo, hi, n, prob)
 
     def predict(self, text: str) -> Prediction:
         t0 = time.perf_counter()

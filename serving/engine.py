@@ -189,9 +189,47 @@ def plan_windows(counts: Sequence[int], budget: int, overlap: float = DEFAULT_WI
 
 
 def _centrality(i: int, lo: int, hi: int, n: int) -> float:
+    """Distance of word ``i`` to the nearest cut edge of window ``[lo, hi)`` (text edges are no cut)."""
     left = float("inf") if lo == 0 else i - lo
     right = float("inf") if hi == n else hi - 1 - i
     return min(left, right)
+
+
+def merge_windows(windows, n: int) -> list[int]:
+    """Tags of ``n`` words from overlapping windows (objects with ``lo``, ``hi``, ``tags``): each word
+    takes its tag from the window where it is most central, the first such window on ties."""
+    if len(windows) == 1:
+        return list(windows[0].tags)
+    row, best = [0] * n, [-1.0] * n
+    for w in windows:
+        for i in range(w.lo, w.hi):
+            c = _centrality(i, w.lo, w.hi, n)
+            if c > best[i]:
+                best[i], row[i] = c, w.tags[i - w.lo]
+    return row
+
+
+def span_score(windows, tags, lo: int, hi: int, n: int, window_prob) -> float:
+    """CRF probability of the merged ``tags[lo:hi]``: from the window that holds the span most
+    centrally; a span longer than any window overlap is the product over its pieces, each from the
+    window that tagged it (the rule of :func:`merge_windows`). ``window_prob(w, tags, a, b)`` gives
+    the probability of ``tags[a:b]`` under window ``w``."""
+    inside = [w for w in windows if w.lo <= lo and hi <= w.hi]
+    if inside:
+        w = max(inside, key=lambda w: min(_centrality(lo, w.lo, w.hi, n), _centrality(hi - 1, w.lo, w.hi, n)))
+        return window_prob(w, tags, lo, hi)
+
+    def tagger(i):
+        return max((w for w in windows if w.lo <= i < w.hi), key=lambda w: _centrality(i, w.lo, w.hi, n))
+
+    p, i = 1.0, lo
+    while i < hi:
+        w, j = tagger(i), i + 1
+        while j < hi and tagger(j) is w:
+            j += 1
+        p *= window_prob(w, tags, i, j)
+        i = j
+    return p
 
 
 @dataclass
@@ -470,41 +508,12 @@ class NerEngine:
         windows_of: list[list[_Window]] = [[] for _ in docs]
         for w in windows:
             windows_of[w.doc].append(w)
-        tags = []
-        for d, doc in enumerate(docs):
-            ws = windows_of[d]
-            if len(ws) == 1:
-                tags.append(ws[0].tags)
-                continue
-            n = len(doc.words)
-            row, best = [0] * n, [-1.0] * n
-            for w in ws:
-                for i in range(w.lo, w.hi):
-                    c = _centrality(i, w.lo, w.hi, n)
-                    if c > best[i]:
-                        best[i], row[i] = c, w.tags[i - w.lo]
-            tags.append(row)
+        tags = [merge_windows(windows_of[d], len(doc.words)) for d, doc in enumerate(docs)]
         timings["postprocess"] += time.perf_counter() - t0
         return tags, windows_of, timings
 
     def _span_score(self, tags, lo, hi, windows, n) -> float:
-        inside = [w for w in windows if w.lo <= lo and hi <= w.hi]
-        if inside:
-            w = max(inside, key=lambda w: min(_centrality(lo, w.lo, w.hi, n), _centrality(hi - 1, w.lo, w.hi, n)))
-            return self._window_prob(w, tags, lo, hi)
-        # longer than any window overlap: product over the pieces, each from the window that tagged it
-        # (the same rule as the merge: the most central window, the first one on ties)
-        def tagger(i):
-            return max((w for w in windows if w.lo <= i < w.hi), key=lambda w: _centrality(i, w.lo, w.hi, n))
-
-        p, i = 1.0, lo
-        while i < hi:
-            w, j = tagger(i), i + 1
-            while j < hi and tagger(j) is w:
-                j += 1
-            p *= self._window_prob(w, tags, i, j)
-            i = j
-        return p
+        return span_score(windows, tags, lo, hi, n, self._window_prob)
 
     def _window_prob(self, w, tags, lo, hi) -> float:
         if w.node is None:  # marginals are computed in batch only for windows whose own path has entities
