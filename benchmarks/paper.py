@@ -159,43 +159,99 @@ def report(out_md: Path) -> str:
                   f"{sorted({r['epochs'] for r in sub if r['method'] == 'teacher'})} epoch(s); batch 16, max length 128, "
                   "alpha 0.5, T 1, Adam(W). `train s` and `tok/s` are as measured per cell, on 2 cores that other "
                   "jobs often shared: compare methods' costs with `distill_cost.md` (all methods in one run) instead.", ""]
-        lines += verdict(sub)
+        lines += cost_lines(sub) + verdict(sub)
     lines += depth_alpha_sections(rows)
     text = "\n".join(lines) + "\n"
     out_md.write_text(text)
     return text
 
 
+def cost_lines(sub: list[dict]) -> list[str]:
+    """What the meta step costs: per cell in this grid, and per step from ``distill_cost.json``
+    (all methods timed in one run, the fair comparison)."""
+    secs = {m: [r["train_seconds"] for r in sub if r["method"] == m and r.get("train_seconds")] for m in METHODS}
+    out = []
+    if secs["msd"] and secs["pos"]:
+        a, b = statistics.fmean(secs["msd"]), statistics.fmean(secs["pos"])
+        out.append(f"- Meta step cost, per cell here: msd {a:.0f} s vs pos {b:.0f} s of training ({a / b:.1f}x).")
+    cost = RESULTS.parent / "distill_cost.json"
+    if cost.exists():
+        res = {r["method"]: r for r in json.loads(cost.read_text())["results"]}
+        if "msd" in res and "pos" in res:
+            out.append(f"- Per step, one interleaved run (`distill_cost.md`): msd {1e3 * res['msd']['median_step_s']:.0f} ms "
+                       f"vs pos {1e3 * res['pos']['median_step_s']:.0f} ms ({res['msd']['median_step_s'] / res['pos']['median_step_s']:.2f}x), "
+                       f"none {1e3 * res['none']['median_step_s']:.0f} ms; peak RSS msd/pos "
+                       f"{res['msd']['peak_rss_mb'] / res['pos']['peak_rss_mb']:.2f}x "
+                       f"({res['msd']['peak_rss_mb']:.0f} vs {res['pos']['peak_rss_mb']:.0f} MB).")
+    return out + [""] if out else []
+
+
 def verdict(sub: list[dict]) -> list[str]:
+    """Plain-words verdict: the gap, the fraction of it each method closes, and MSD's paired per-seed
+    differences from the baseline, Pos and Struct, tested against the seed-to-seed spread."""
+    from scipy import stats
+
     t = [r["test"]["f1"] for r in sub if r["method"] == "teacher"]
     base = {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == "none"}
     if not t or not base:
         return []
+    ds = sub[0]["dataset"]
     gap = t[0] - statistics.fmean(base.values())
+    paper_gap = PAPER[ds]["teacher"] - PAPER[ds]["none"]
     out = ["### Verdict", "",
-           f"- Teacher-student gap (teacher − mean `none`): {100 * gap:.2f} F1 points."]
+           f"- Teacher-student gap (teacher − mean `none`): {100 * gap:.2f} F1 points "
+           f"(paper: {paper_gap:.2f}, with 10 student epochs and a 12L -> 6L pair)."]
     for m in ("topk", "pos", "struct", "msd"):
         f = [r["test"]["f1"] for r in sub if r["method"] == m]
         if f and abs(gap) > 1e-9:
             closed = (statistics.fmean(f) - statistics.fmean(base.values())) / gap
-            out.append(f"- `{m}` closes {100 * closed:.0f}% of the gap (mean over {len(f)} seed(s)).")
+            paper_closed = (PAPER[ds][m] - PAPER[ds]["none"]) / paper_gap
+            out.append(f"- `{m}` closes {100 * closed:.0f}% of the gap (mean over {len(f)} seed(s); "
+                       f"paper: {100 * paper_closed:.0f}%).")
     by = lambda m: {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == m}  # noqa: E731
-    for other in ("pos", "struct"):
+    rows, tested = [], {}
+    for other in ("none", "pos", "struct"):
         a, b = by("msd"), by(other)
         seeds = sorted(set(a) & set(b))
         if not seeds:
             continue
         d = [100 * (a[s] - b[s]) for s in seeds]
-        spread = [100 * x for x in b.values()]
-        sd = statistics.stdev(spread) if len(spread) > 1 else float("nan")
         mean_d = statistics.fmean(d)
         sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
-        out.append(f"- MSD − {other}, paired per seed: {', '.join(f'{x:+.2f}' for x in d)} "
-                   f"(mean {mean_d:+.2f}, sd of differences {sd_d:.2f}); seed-to-seed sd of {other}: {sd:.2f}. "
-                   + ("One seed only: no spread to compare against yet." if len(d) < 2 else
-                      "The difference is larger than the seed spread." if abs(mean_d) > 2 * sd_d and abs(mean_d) > sd
-                      else "The difference is within the seed-to-seed spread: no evidence that MSD differs."))
+        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
+        tested[other] = (mean_d, p, len(d))
+        rows.append(f"| msd − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {mean_d:+.2f} | "
+                    f"{'-' if sd_d != sd_d else f'{sd_d:.2f}'} | {'-' if p != p else f'{p:.3f}'} | "
+                    f"{PAPER[ds]['msd'] - PAPER[ds][other]:+.2f} |")
+    if rows:
+        out += ["", "Paired per-seed differences in test F1 (points; seeds in order). The paired t-test asks "
+                "whether the mean difference stands out from its own seed-to-seed spread:", "",
+                "| comparison | per seed | mean | sd | paired t-test p | paper |", "|---|---|---:|---:|---:|---:|"] + rows
+        out += ["", conclusion(tested, ds)]
     return out + [""]
+
+
+def conclusion(tested: dict, ds: str) -> str:
+    """One sentence that answers 'does MSD win here?' from the paired tests against pos and struct."""
+    vs = {k: v for k, v in tested.items() if k in ("pos", "struct")}
+    if not vs:
+        return "MSD has no finished seed paired with Pos or Struct yet."
+    n = min(v[2] for v in vs.values())
+    paper = (f"The paper reports {PAPER[ds]['msd'] - PAPER[ds]['pos']:+.2f} vs pos and "
+             f"{PAPER[ds]['msd'] - PAPER[ds]['struct']:+.2f} vs struct on this dataset.")
+    diffs = " and ".join(f"{v[0]:+.2f} vs {k}" for k, v in vs.items())
+    if n < 3:
+        return (f"**So far ({n} seed(s)): MSD {diffs}; too few seeds to separate that from seed noise.** " + paper)
+    win = all(v[0] > 0 and v[1] < 0.05 for v in vs.values())
+    lose = any(v[0] < 0 and v[1] < 0.05 for v in vs.values())
+    if win:
+        head = f"**MSD wins here: {diffs} F1, beyond the seed-to-seed spread (paired t-test p < 0.05).**"
+    elif lose:
+        head = f"**MSD does not win here: {diffs} F1, and it is significantly worse than at least one of them.**"
+    else:
+        head = (f"**MSD does not win here: {diffs} F1, differences that do not stand out from the seed-to-seed "
+                "spread (paired t-test p >= 0.05).**")
+    return head + " " + paper
 
 
 def depth_alpha_sections(rows: list[dict]) -> list[str]:

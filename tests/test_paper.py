@@ -36,7 +36,33 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
     assert "| msd | 85.00 ± 1.00 (n=3)" in text
     assert "Teacher-student gap (teacher − mean `none`): 10.00" in text
     assert "`pos` closes 40% of the gap" in text
-    assert "MSD − pos, paired per seed: +2.00, +0.00, +1.00" in text
+    assert "| msd − pos | +2.00, +0.00, +1.00 | +1.00 | 1.00 |" in text
+    assert "| msd − struct | +1.00, +1.00, -2.00 | +0.00 |" in text
+    assert "**MSD does not win here: +1.00 vs pos and +0.00 vs struct F1, differences that do not stand out" in text
+    assert "Meta step cost, per cell here: msd 10 s vs pos 10 s of training (1.0x)" in text
     assert "holdout: 86.00 test F1; dev: 87.00 test F1" in text
     assert (tmp_path / "paper_depth.png").exists()
     assert "Table II" in text and "No finished cells yet" in text
+
+
+def test_conclusion_branches():
+    # (mean difference, paired t-test p, seeds) against pos and struct
+    win = paper.conclusion({"pos": (1.5, 0.01, 3), "struct": (0.9, 0.03, 3)}, "conll2003")
+    assert win.startswith("**MSD wins here: +1.50 vs pos and +0.90 vs struct")
+    assert "+1.29 vs pos and +0.80 vs struct" in win
+    lose = paper.conclusion({"pos": (0.1, 0.5, 3), "struct": (-0.4, 0.01, 3)}, "wikiann")
+    assert lose.startswith("**MSD does not win here") and "significantly worse" in lose
+    assert "+0.46 vs pos and +0.29 vs struct" in lose
+    few = paper.conclusion({"pos": (2.0, 0.01, 2), "struct": (2.0, 0.01, 3)}, "conll2003")
+    assert "too few seeds" in few and "wins" not in few
+    assert "no finished seed" in paper.conclusion({"none": (1.0, 0.1, 3)}, "conll2003")
+
+
+def test_verdict_paired_t_test_detects_a_consistent_difference():
+    lines = [_line("teacher", 0, 0.90)]
+    for s, base in enumerate([0.80, 0.82, 0.81]):
+        lines += [_line("none", s, base), _line("pos", s, base + 0.01), _line("struct", s, base + 0.011),
+                  _line("msd", s, base + 0.03 + 0.001 * s)]
+    text = "\n".join(paper.verdict(lines))
+    assert "**MSD wins here: +2.10 vs pos and +2.00 vs struct F1" in text
+    assert "`msd` closes 34% of the gap" in text
