@@ -40,7 +40,8 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
     assert "| msd − struct | +1.00, +1.00, -2.00 | +0.00 |" in text
     assert "**MSD does not win here: +1.00 vs pos and +0.00 vs struct F1, differences that do not stand out" in text
     assert "Meta step cost, per cell here: msd 10 s vs pos 10 s of training (1.0x)" in text
-    assert "holdout: 86.00 test F1; dev: 87.00 test F1" in text
+    assert "holdout: 86.00 test F1 (dev 86.00); dev: 87.00 test F1 (dev 87.00), difference +1.00 test F1" in text
+    assert "| pos | 73.00 | 76.00 | 84.00 (n=3) | 82.00 |" in text
     assert (tmp_path / "paper_depth.png").exists()
     assert "Table II" in text and "No finished cells yet" in text
 
