@@ -67,3 +67,54 @@ def test_verdict_paired_t_test_detects_a_consistent_difference():
     text = "\n".join(paper.verdict(lines))
     assert "**MSD wins here: +2.10 vs pos and +2.00 vs struct F1" in text
     assert "`msd` closes 34% of the gap" in text
+
+
+def _grid_args(jobs):
+    import argparse
+
+    return argparse.Namespace(jobs=jobs, threads=1, epochs=2, teacher_epochs=4, batch_size=16, data_dir="x")
+
+
+def test_run_grid_parallel_waits_for_the_teacher(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    events, lock = [], threading.Lock()
+
+    def fake_run_cell(cell, args):
+        with lock:
+            events.append(("start", paper.cell_key(cell)))
+        time.sleep(0.2 if cell["method"] == "teacher" else 0.02)
+        with lock:
+            events.append(("end", paper.cell_key(cell)))
+        return _line(cell["method"], cell["seed"], 0.5) | {"dataset": cell["dataset"], "key": paper.cell_key(cell),
+                                                            "wall_seconds": 0.0}
+
+    monkeypatch.setattr(paper, "run_cell", fake_run_cell)
+    todo = paper.expand(dict(datasets=["wikiann", "conll2000"], methods=["none", "pos"], seeds=[0, 1],
+                             layers=[3], alphas=[0.5]))
+    assert paper.run_grid(todo, _grid_args(jobs=3)) == 0
+    keys = [json.loads(l)["key"] for l in (tmp_path / "paper_runs.jsonl").read_text().splitlines()]
+    assert sorted(keys) == sorted(paper.cell_key(c) for c in todo)
+    for ds in ("wikiann", "conll2000"):
+        t_end = events.index(("end", f"{ds}/teacher"))
+        starts = [i for i, (e, k) in enumerate(events) if e == "start" and k.startswith(ds + "/") and "teacher" not in k]
+        assert starts and min(starts) > t_end  # no student of ds starts before its teacher has finished
+    # more than one cell ran at once: some cell started before an earlier one ended
+    assert any(events[i][0] == "start" and events[i - 1][0] == "start" for i in range(1, len(events)))
+
+
+def test_run_grid_stops_starting_cells_after_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    started = []
+
+    def fake_run_cell(cell, args):
+        started.append(paper.cell_key(cell))
+        raise RuntimeError(f"{paper.cell_key(cell)} failed with exit code 1")
+
+    monkeypatch.setattr(paper, "run_cell", fake_run_cell)
+    todo = paper.expand(dict(datasets=["wikiann"], methods=["none", "pos"], seeds=[0], layers=[3], alphas=[0.5]))
+    assert paper.run_grid(todo, _grid_args(jobs=2)) == 1
+    assert started == ["wikiann/teacher"]  # the students waited for the teacher, then did not start
+    assert not (tmp_path / "paper_runs.jsonl").exists()
