@@ -150,6 +150,16 @@ def test_each_method_learns_and_only_msd_changes_the_teacher(toy_teacher, tmp_pa
         saved = load_file(str(out / "teacher" / "model.safetensors"))
         assert any(not torch.equal(saved[k], original[k]) for k in original)
         assert any("quiz_loss" in r for r in log)
+        # the MSD-teacher report: drift > 0 and the original teacher scored as its own run says
+        from benchmarks import msd_teacher
+
+        assert msd_teacher.main(["--runs", str(out), "--out", str(tmp_path / "mt"), "--threads", "2"]) == 0
+        row = json.loads((tmp_path / "mt.json").read_text())["results"][0]
+        assert row["relative_change"] > 0 and row["max_abs_change"] > 0
+        own = json.loads((toy_teacher / "metrics.json").read_text())
+        assert row["original_f1"]["dev"] == pytest.approx(own["dev"]["f1"])
+        assert 0.0 <= row["meta_updated_f1"]["dev"] <= 1.0
+        assert "| `" in (tmp_path / "mt.md").read_text()
     else:
         assert not (out / "teacher").exists()
     # the teacher run on disk is never modified

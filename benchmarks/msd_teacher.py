@@ -1,0 +1,129 @@
+"""What did MSD do to the teacher? Drift and F1 of each meta-updated teacher against the original.
+
+    python -m benchmarks.msd_teacher                       # every finished MSD cell under runs/paper
+    python -m benchmarks.msd_teacher --runs runs/paper/conll2003/msd-L3-a0.5-s0 --data-dir ../shared/data
+
+MSD updates the teacher by the meta-gradient of the student's quiz loss and saves it in
+``RUN/teacher``. If the teacher barely moves, MSD is Posterior KD with extra cost; if it moves a lot
+and loses F1, it has stopped being a good tagger and became a "teaching" model. This reports, per
+MSD run: the relative parameter change ``||T_msd - T_0|| / ||T_0||`` (all parameters, and the
+encoder / emission head / CRF separately), the largest absolute change, and the dev and test entity
+F1 of both teachers on the run's dataset. Writes ``benchmarks/results/msd_teacher.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from training import data as data_lib
+from training import evaluate as eval_lib
+from training import model as model_lib
+
+OUT = Path("benchmarks/results/msd_teacher")
+
+
+def drift(before: dict, after: dict, encoder_prefix: str = "encoder.bert.") -> dict:
+    """Relative L2 change of the float tensors of two state dicts, overall and per part: the encoder
+    (keys under ``encoder_prefix``), the CRF (``crf.``) and the rest (the emission head)."""
+    if before.keys() != after.keys():
+        raise ValueError("the two teachers have different parameters")
+    parts: dict[str, list[float]] = {}
+    biggest = 0.0
+    for k, a in before.items():
+        if not a.is_floating_point():
+            continue
+        b = after[k]
+        part = "crf" if k.startswith("crf.") else "encoder" if k.startswith(encoder_prefix) else "head"
+        d, n = float((b.double() - a.double()).pow(2).sum()), float(a.double().pow(2).sum())
+        acc = parts.setdefault(part, [0.0, 0.0])
+        acc[0] += d
+        acc[1] += n
+        biggest = max(biggest, float((b - a).abs().max()))
+    total = [sum(v[0] for v in parts.values()), sum(v[1] for v in parts.values())]
+    rel = lambda v: (v[0] / v[1]) ** 0.5 if v[1] > 0 else 0.0  # noqa: E731
+    return {"relative_change": rel(total), **{f"relative_change_{p}": rel(v) for p, v in sorted(parts.items())},
+            "max_abs_change": biggest}
+
+
+def f1s(model, tok, dataset: str, data_dir: str | None, max_length: int) -> dict:
+    splits = data_lib.load_dataset(dataset, data_dir=data_dir)
+    label_ids = {l: i for i, l in enumerate(model.labels)}
+    out = {}
+    for split in ("dev", "test"):
+        sents = getattr(splits, split)
+        enc = data_lib.encode(sents, tok, label_ids, max_length=max_length)
+        out[split] = eval_lib.evaluate(model, enc, sents)["f1"]
+    return out
+
+
+def analyse(run: Path, data_dir: str | None) -> dict:
+    info = json.loads((run / "best" / "run.json").read_text())
+    args = info.get("args", {})
+    original = Path(args["teacher"])
+    t0, tok0, _ = model_lib.load(original)
+    t1, tok1, _ = model_lib.load(run / "teacher")
+    row = {"run": str(run), "teacher": str(original), "dataset": args.get("dataset"), "seed": args.get("seed"),
+           "quiz_split": args.get("quiz_split"), "alpha": args.get("alpha"), "student_layers": args.get("student_layers"),
+           **drift(t0.state_dict(), t1.state_dict(), f"encoder.{t0.encoder.base_model_prefix}.")}
+    dd = data_dir or args.get("data_dir")
+    ml = args.get("max_length", 128)
+    row["original_f1"] = f1s(t0, tok0, args["dataset"], dd, ml)
+    row["meta_updated_f1"] = f1s(t1, tok1, args["dataset"], dd, ml)
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = ["# What MSD did to the teacher", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+             f"- machine: {meta['machine']}", "",
+             "Relative change = ||T_msd − T_0|| / ||T_0|| over the parameters (encoder, emission head, CRF). "
+             "F1: entity F1 of the original teacher and of the meta-updated one saved in `RUN/teacher`.", "",
+             "| run | quiz | rel. change (all) | encoder | head | crf | max abs change | dev F1 T0 -> T_msd | test F1 T0 -> T_msd |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        o, m = r["original_f1"], r["meta_updated_f1"]
+        lines.append(f"| `{r['run']}` | {r['quiz_split']} | {r['relative_change']:.2e} | "
+                     f"{r.get('relative_change_encoder', 0):.2e} | {r.get('relative_change_head', 0):.2e} | "
+                     f"{r.get('relative_change_crf', 0):.2e} | {r['max_abs_change']:.2e} | "
+                     f"{100 * o['dev']:.2f} -> {100 * m['dev']:.2f} | {100 * o['test']:.2f} -> {100 * m['test']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="*", default=None, help="MSD run directories (default: runs/paper/*/msd-*)")
+    ap.add_argument("--data-dir", default=None, help="default: the one each run was trained with")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs = [Path(r) for r in args.runs] if args.runs else sorted(Path("runs/paper").glob("*/msd-*"))
+    runs = [r for r in runs if (r / "teacher").is_dir() and (r / "metrics.json").exists()]
+    if not runs:
+        print("error: no finished MSD run with a saved teacher (RUN/teacher) found", file=sys.stderr)
+        return 2
+    rows = []
+    for r in runs:
+        rows.append(analyse(r, args.data_dir))
+        x = rows[-1]
+        print(f"{r}: relative change {x['relative_change']:.2e}, dev F1 {100 * x['original_f1']['dev']:.2f} -> "
+              f"{100 * x['meta_updated_f1']['dev']:.2f}", flush=True)
+    meta = {"command": "python -m benchmarks.msd_teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.platform()}, torch {torch.__version__}, {args.threads} threads"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(rows, meta))
+    print(f"wrote {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""benchmarks.msd_teacher: parameter drift of a meta-updated teacher (the part that needs no data)."""
+
+import pytest
+import torch
+
+from benchmarks import msd_teacher
+
+
+def test_drift_per_part():
+    before = {"encoder.bert.w": torch.ones(4), "encoder.classifier.weight": torch.ones(2),
+              "crf.transitions": torch.zeros(3) + 2, "encoder.bert.position_ids": torch.arange(3)}
+    after = {"encoder.bert.w": torch.ones(4) * 1.1, "encoder.classifier.weight": torch.ones(2),
+             "crf.transitions": torch.tensor([2.0, 2.0, 2.6]), "encoder.bert.position_ids": torch.arange(3) + 1}
+    d = msd_teacher.drift(before, after)
+    assert d["relative_change_encoder"] == pytest.approx(0.1)
+    assert d["relative_change_head"] == 0.0
+    assert d["relative_change_crf"] == pytest.approx(0.6 / (12 ** 0.5))
+    # all float parameters together: sqrt((4 * 0.01 + 0.36) / (4 + 2 + 12)); integer buffers ignored
+    assert d["relative_change"] == pytest.approx(((0.04 + 0.36) / 18) ** 0.5)
+    assert d["max_abs_change"] == pytest.approx(0.6)
+    assert msd_teacher.drift(before, before)["relative_change"] == 0.0
+
+
+def test_drift_refuses_different_models():
+    with pytest.raises(ValueError, match="different parameters"):
+        msd_teacher.drift({"a": torch.ones(1)}, {"b": torch.ones(1)})
+
+
+def test_main_without_msd_runs_says_so(tmp_path, capsys):
+    assert msd_teacher.main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no finished MSD run" in capsys.readouterr().err
