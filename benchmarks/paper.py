@@ -164,7 +164,7 @@ def report(out_md: Path) -> str:
                   "alpha 0.5, T 1, Adam(W). `train s` and `tok/s` are as measured per cell, on 2 cores that other "
                   "jobs often shared, with 1 or 2 threads per cell (rows record `threads`, `jobs`): compare methods' "
                   "costs with `distill_cost.md` (all methods in one run) instead.", ""]
-        lines += cost_lines(sub) + verdict(sub)
+        lines += cost_lines(sub) + verdict(sub) + msd_teacher_lines(ds)
     lines += depth_alpha_sections(rows)
     text = "\n".join(lines) + "\n"
     out_md.write_text(text)
@@ -189,6 +189,23 @@ def cost_lines(sub: list[dict]) -> list[str]:
                        f"{res['msd']['peak_rss_mb'] / res['pos']['peak_rss_mb']:.2f}x "
                        f"({res['msd']['peak_rss_mb']:.0f} vs {res['pos']['peak_rss_mb']:.0f} MB).")
     return out + [""] if out else []
+
+
+def msd_teacher_lines(ds: str) -> list[str]:
+    """How far MSD moved the teacher, from ``python -m benchmarks.msd_teacher`` (when it was run)."""
+    path = RESULTS.parent / "msd_teacher.json"
+    if not path.exists():
+        return []
+    rows = [r for r in json.loads(path.read_text())["results"] if r.get("dataset") == ds]
+    if not rows:
+        return []
+    out = ["What MSD did to the teacher (`msd_teacher.md`, from `python -m benchmarks.msd_teacher`):", ""]
+    for r in rows:
+        o, m = r["original_f1"], r["meta_updated_f1"]
+        out.append(f"- seed {r['seed']}, quiz {r['quiz_split']}, {r['student_layers']} layers, alpha {r['alpha']}: "
+                   f"parameters moved by {100 * r['relative_change']:.3f}% (relative L2), teacher dev F1 "
+                   f"{100 * o['dev']:.2f} -> {100 * m['dev']:.2f}, test F1 {100 * o['test']:.2f} -> {100 * m['test']:.2f}.")
+    return out + [""]
 
 
 def verdict(sub: list[dict]) -> list[str]:

@@ -40,6 +40,14 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
     assert "| msd − struct | +1.00, +1.00, -2.00 | +0.00 |" in text
     assert "**MSD does not win here: +1.00 vs pos and +0.00 vs struct F1, differences that do not stand out" in text
     assert "Meta step cost, per cell here: msd 10 s vs pos 10 s of training (1.0x)" in text
+    assert "What MSD did to the teacher" not in text  # no msd_teacher.json next to the results
+    (tmp_path / "msd_teacher.json").write_text(json.dumps({"results": [
+        {"dataset": "conll2003", "seed": 0, "quiz_split": "holdout", "student_layers": 3, "alpha": 0.5,
+         "relative_change": 0.0012, "original_f1": {"dev": 0.9, "test": 0.85},
+         "meta_updated_f1": {"dev": 0.89, "test": 0.86}}]}))
+    text = paper.report(tmp_path / "paper.md")
+    assert ("- seed 0, quiz holdout, 3 layers, alpha 0.5: parameters moved by 0.120% (relative L2), teacher dev F1 "
+            "90.00 -> 89.00, test F1 85.00 -> 86.00.") in text
     assert "holdout: 86.00 test F1 (dev 86.00); dev: 87.00 test F1 (dev 87.00), difference +1.00 test F1" in text
     assert "| pos | 73.00 | 76.00 | 84.00 (n=3) | 82.00 |" in text
     assert (tmp_path / "paper_depth.png").exists()
