@@ -63,6 +63,9 @@ def f1s(model, tok, dataset: str, data_dir: str | None, max_length: int) -> dict
     return out
 
 
+_ORIGINAL_F1: dict = {}  # (teacher path, dataset, data dir, max length) -> F1: every run of a grid shares one teacher
+
+
 def analyse(run: Path, data_dir: str | None) -> dict:
     info = json.loads((run / "best" / "run.json").read_text())
     args = info.get("args", {})
@@ -74,7 +77,10 @@ def analyse(run: Path, data_dir: str | None) -> dict:
            **drift(t0.state_dict(), t1.state_dict(), f"encoder.{t0.encoder.base_model_prefix}.")}
     dd = data_dir or args.get("data_dir")
     ml = args.get("max_length", 128)
-    row["original_f1"] = f1s(t0, tok0, args["dataset"], dd, ml)
+    key = (str(original.resolve()), args["dataset"], dd, ml)
+    if key not in _ORIGINAL_F1:
+        _ORIGINAL_F1[key] = f1s(t0, tok0, args["dataset"], dd, ml)
+    row["original_f1"] = _ORIGINAL_F1[key]
     row["meta_updated_f1"] = f1s(t1, tok1, args["dataset"], dd, ml)
     return row
 
