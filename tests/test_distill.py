@@ -74,6 +74,26 @@ def test_meta_gradient_matches_finite_differences(kd_loss, pilot_params):
         assert g[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), name
 
 
+def test_teacher_step_descends_the_quiz_loss():
+    # the sign end to end: one teacher step (plain SGD, small lr, no clipping) lowers L_q(S'(T))
+    t = _tiny_bertcrf(2, 0)
+    s = distill.shrink(t, [1])
+    with torch.no_grad():
+        for p in s.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    t.eval(), s.eval()
+    batch, quiz = _batch(1), _batch(2)
+    cfg = meta.MetaConfig(kd_loss="pos", alpha=0.5, pilot_lr=0.5, teacher_grad_clip=0.0)
+    before = meta.quiz_loss_after_pilot(s, t, batch, quiz, cfg).item()
+    student_before = {k: v.clone() for k, v in s.state_dict().items()}
+    opt = torch.optim.SGD([p for p in t.parameters() if p.requires_grad], lr=1e-2)
+    logs = meta.teacher_step(s, t, opt, batch, quiz, cfg)
+    after = meta.quiz_loss_after_pilot(s, t, batch, quiz, cfg).item()
+    assert logs["quiz_loss"] == pytest.approx(before) and logs["teacher_grad_norm"] > 0
+    assert after < before - 1e-6 * logs["teacher_grad_norm"] ** 2, (before, after)
+    assert all(torch.equal(v, student_before[k]) for k, v in s.state_dict().items())  # only the teacher moved
+
+
 def test_pilot_parameter_choice():
     s = _tiny_bertcrf(2, 0)
     all_, top, head = (meta.pilot_parameter_names(s, w) for w in ("all", "top", "head"))
