@@ -330,7 +330,7 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
                 f"dev: {100 * d['test']['f1']:.2f} test F1 (dev {100 * d['dev']['f1']:.2f}), "
                 f"difference {100 * (d['test']['f1'] - h['test']['f1']):+.2f} test F1.",
                 "- With `--quiz-split dev` the teacher is meta-trained on dev, the split that also selects the best "
-                "epoch, so that run's dev F1 is optimistic; its test F1 is still clean. The holdout slice (10% of "
+                "epoch, so that run's dev F1 may be optimistic; its test F1 is still clean. The holdout slice (10% of "
                 "train) is the default and is taken out of every method's training data alike.", ""]
     return out
 
