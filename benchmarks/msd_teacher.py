@@ -8,7 +8,8 @@ MSD updates the teacher by the meta-gradient of the student's quiz loss and save
 and loses F1, it has stopped being a good tagger and became a "teaching" model. This reports, per
 MSD run: the relative parameter change ``||T_msd - T_0|| / ||T_0||`` (all parameters, and the
 encoder / emission head / CRF separately), the largest absolute change, and the dev and test entity
-F1 of both teachers on the run's dataset. Writes ``benchmarks/results/msd_teacher.{md,json}``.
+F1 of both teachers on the run's dataset. Writes ``benchmarks/results/msd_teacher.{md,json}``; rows of
+runs not analysed this time are kept, a re-analysed run replaces its row.
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def main(argv=None) -> int:
             "machine": f"{platform.platform()}, torch {torch.__version__}, {args.threads} threads"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.with_suffix(".json")
+    if old.exists():  # keep the rows of runs not analysed this time; a re-analysed run replaces its row
+        fresh = {r["run"] for r in rows}
+        rows = [r for r in json.loads(old.read_text())["results"] if r["run"] not in fresh] + rows
+        rows.sort(key=lambda r: r["run"])
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, meta))
     print(f"wrote {out.with_suffix('.md')}")

@@ -29,3 +29,25 @@ def test_drift_refuses_different_models():
 def test_main_without_msd_runs_says_so(tmp_path, capsys):
     assert msd_teacher.main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "no finished MSD run" in capsys.readouterr().err
+
+
+def test_main_keeps_rows_of_other_runs(tmp_path, monkeypatch):
+    def fake(run, data_dir):
+        return {"run": str(run), "quiz_split": "holdout", "relative_change": len(str(run)) * 1e-3,
+                "max_abs_change": 0.0, "original_f1": {"dev": 0.9, "test": 0.8},
+                "meta_updated_f1": {"dev": 0.7, "test": 0.6}}
+
+    monkeypatch.setattr(msd_teacher, "analyse", fake)
+    runs = []
+    for name in ("a", "bb", "ccc"):
+        (tmp_path / name / "teacher").mkdir(parents=True)
+        (tmp_path / name / "metrics.json").write_text("{}")
+        runs.append(str(tmp_path / name))
+    out = str(tmp_path / "mt")
+    assert msd_teacher.main(["--runs", runs[0], runs[1], "--out", out]) == 0
+    assert msd_teacher.main(["--runs", runs[1], runs[2], "--out", out]) == 0
+    import json
+
+    rows = json.loads((tmp_path / "mt.json").read_text())["results"]
+    assert [r["run"] for r in rows] == runs  # a kept, bb replaced (once), ccc added
+    assert (tmp_path / "mt.md").read_text().count("| `") == 3
