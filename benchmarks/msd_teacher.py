@@ -87,7 +87,8 @@ def analyse(run: Path, data_dir: str | None) -> dict:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = ["# What MSD did to the teacher", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+    made = sorted({(r.get("date", meta["date"]), r.get("command", meta["command"])) for r in rows})
+    lines = ["# What MSD did to the teacher", "", *[f"- {d}: `{c}`" for d, c in made],
              f"- machine: {meta['machine']}", "",
              "Relative change = ||T_msd − T_0|| / ||T_0|| over the parameters (encoder, emission head, CRF). "
              "F1: entity F1 of the original teacher and of the meta-updated one saved in `RUN/teacher`.", "",
@@ -115,21 +116,26 @@ def main(argv=None) -> int:
     if not runs:
         print("error: no finished MSD run with a saved teacher (RUN/teacher) found", file=sys.stderr)
         return 2
+    command = "python -m benchmarks.msd_teacher " + " ".join(argv if argv is not None else sys.argv[1:])
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for r in runs:
-        rows.append(analyse(r, args.data_dir))
+        rows.append(analyse(r, args.data_dir) | {"command": command, "date": date})
         x = rows[-1]
         print(f"{r}: relative change {x['relative_change']:.2e}, dev F1 {100 * x['original_f1']['dev']:.2f} -> "
               f"{100 * x['meta_updated_f1']['dev']:.2f}", flush=True)
-    meta = {"command": "python -m benchmarks.msd_teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"command": command, "date": date,
             "machine": f"{platform.platform()}, torch {torch.__version__}, {args.threads} threads"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.with_suffix(".json")
     if old.exists():  # keep the rows of runs not analysed this time; a re-analysed run replaces its row
-        fresh = {r["run"] for r in rows}
-        rows = [r for r in json.loads(old.read_text())["results"] if r["run"] not in fresh] + rows
+        fresh, before = {r["run"] for r in rows}, json.loads(old.read_text())
+        kept = [r for r in before["results"] if r["run"] not in fresh]
+        for r in kept:  # rows written before rows carried their own command
+            r.setdefault("command", before["meta"]["command"])
+            r.setdefault("date", before["meta"]["date"])
+        rows = kept + rows
         rows.sort(key=lambda r: r["run"])
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, meta))

@@ -50,4 +50,6 @@ def test_main_keeps_rows_of_other_runs(tmp_path, monkeypatch):
 
     rows = json.loads((tmp_path / "mt.json").read_text())["results"]
     assert [r["run"] for r in rows] == runs  # a kept, bb replaced (once), ccc added
-    assert (tmp_path / "mt.md").read_text().count("| `") == 3
+    md = (tmp_path / "mt.md").read_text()
+    assert md.count("| `") == 3
+    assert md.count(": `python -m benchmarks.msd_teacher --runs") == 2  # both commands, each with its date
