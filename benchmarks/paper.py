@@ -316,6 +316,9 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
                                                 for y, n in zip(ys, ns)) + " |")
         if teacher:
             ax.axhline(100 * teacher[0], color="gray", ls="--", label="teacher")
+        ax.set_xticks(xs)
+        top = max([y for y in ax.get_ylim()] + [100 * t for t in teacher])
+        ax.set_ylim(top=top + 1)  # keep the teacher's line inside the frame
         ax.set_xlabel(xkey), ax.set_ylabel("test entity F1"), ax.legend(), ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(RESULTS.parent / fname, dpi=120)
