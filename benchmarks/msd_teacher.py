@@ -53,18 +53,14 @@ def drift(before: dict, after: dict, encoder_prefix: str = "encoder.bert.") -> d
             "max_abs_change": biggest}
 
 
-def f1s(model, tok, dataset: str, data_dir: str | None, max_length: int) -> dict:
-    splits = data_lib.load_dataset(dataset, data_dir=data_dir)
-    label_ids = {l: i for i, l in enumerate(model.labels)}
-    out = {}
-    for split in ("dev", "test"):
-        sents = getattr(splits, split)
-        enc = data_lib.encode(sents, tok, label_ids, max_length=max_length)
-        out[split] = eval_lib.evaluate(model, enc, sents)["f1"]
-    return out
+def f1s(model, tok, splits, max_length: int) -> dict:
+    return {split: eval_lib.evaluate_sentences(model, tok, getattr(splits, split), max_length)["f1"]
+            for split in ("dev", "test")}
 
 
-_ORIGINAL_F1: dict = {}  # (teacher path, dataset, data dir, max length) -> F1: every run of a grid shares one teacher
+# every run of a grid shares one dataset and one original teacher: load and score them once
+_SPLITS: dict = {}  # (dataset, data dir) -> DatasetSplits
+_ORIGINAL_F1: dict = {}  # (teacher path, dataset, data dir, max length) -> F1
 
 
 def analyse(run: Path, data_dir: str | None) -> dict:
@@ -78,16 +74,19 @@ def analyse(run: Path, data_dir: str | None) -> dict:
            **drift(t0.state_dict(), t1.state_dict(), f"encoder.{t0.encoder.base_model_prefix}.")}
     dd = data_dir or args.get("data_dir")
     ml = args.get("max_length", 128)
+    if (args["dataset"], dd) not in _SPLITS:
+        _SPLITS[args["dataset"], dd] = data_lib.load_dataset(args["dataset"], data_dir=dd)
+    splits = _SPLITS[args["dataset"], dd]
     key = (str(original.resolve()), args["dataset"], dd, ml)
     if key not in _ORIGINAL_F1:
-        _ORIGINAL_F1[key] = f1s(t0, tok0, args["dataset"], dd, ml)
+        _ORIGINAL_F1[key] = f1s(t0, tok0, splits, ml)
     row["original_f1"] = _ORIGINAL_F1[key]
-    row["meta_updated_f1"] = f1s(t1, tok1, args["dataset"], dd, ml)
+    row["meta_updated_f1"] = f1s(t1, tok1, splits, ml)
     return row
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    made = sorted({(r.get("date", meta["date"]), r.get("command", meta["command"])) for r in rows})
+    made = sorted({(r["date"], r["command"]) for r in rows})
     lines = ["# What MSD did to the teacher", "", *[f"- {d}: `{c}`" for d, c in made],
              f"- machine: {meta['machine']}", "",
              "Relative change = ||T_msd − T_0|| / ||T_0|| over the parameters (encoder, emission head, CRF). "
@@ -130,12 +129,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.with_suffix(".json")
     if old.exists():  # keep the rows of runs not analysed this time; a re-analysed run replaces its row
-        fresh, before = {r["run"] for r in rows}, json.loads(old.read_text())
-        kept = [r for r in before["results"] if r["run"] not in fresh]
-        for r in kept:  # rows written before rows carried their own command
-            r.setdefault("command", before["meta"]["command"])
-            r.setdefault("date", before["meta"]["date"])
-        rows = kept + rows
+        fresh = {r["run"] for r in rows}
+        rows = [r for r in json.loads(old.read_text())["results"] if r["run"] not in fresh] + rows
         rows.sort(key=lambda r: r["run"])
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, meta))

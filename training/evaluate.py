@@ -79,6 +79,13 @@ def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu") -> d
     return m
 
 
+def evaluate_sentences(model, tok, sentences, max_length: int, batch_size: int = 64, device="cpu") -> dict:
+    """Check the tags against the model's labels, tokenize and :func:`evaluate` raw sentences."""
+    data_lib.check_tags(sentences, model.labels)
+    enc = data_lib.encode(sentences, tok, {l: i for i, l in enumerate(model.labels)}, max_length=max_length)
+    return evaluate(model, enc, sentences, batch_size, device)
+
+
 def format_table(metrics: dict, title: str = "") -> str:
     rows = [f"{'type':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
     for k, v in sorted(metrics["per_type"].items()):
@@ -113,10 +120,8 @@ def main(argv=None) -> int:
     data_dir = args.data_dir or (targs.get("data_dir") if args.dataset is None else None)
     splits = data_lib.load_dataset(name, data_dir=data_dir)
     sentences = getattr(splits, args.split)
-    data_lib.check_tags(sentences, model.labels)
     max_len = args.max_length or targs.get("max_length", 128)
-    enc = data_lib.encode(sentences, tok, {l: i for i, l in enumerate(model.labels)}, max_length=max_len)
-    m = evaluate(model, enc, sentences, args.batch_size)
+    m = evaluate_sentences(model, tok, sentences, max_len, args.batch_size)
     m["dataset"] = splits.name
     path = ckpt.update_metrics(args.run, args.split, m)
     print(format_table(m, f"{args.run} on {splits.name} {args.split} ({len(sentences)} sentences, "
