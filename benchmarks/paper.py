@@ -182,7 +182,7 @@ def cost_lines(sub: list[dict]) -> list[str]:
     cost = RESULTS.parent / "distill_cost.json"
     if cost.exists():
         res = {r["method"]: r for r in json.loads(cost.read_text())["results"]}
-        if "msd" in res and "pos" in res:
+        if {"none", "pos", "msd"} <= res.keys():
             out.append(f"- Per step, one interleaved run (`distill_cost.md`): msd {1e3 * res['msd']['median_step_s']:.0f} ms "
                        f"vs pos {1e3 * res['pos']['median_step_s']:.0f} ms ({res['msd']['median_step_s'] / res['pos']['median_step_s']:.2f}x), "
                        f"none {1e3 * res['none']['median_step_s']:.0f} ms; peak RSS msd/pos "
