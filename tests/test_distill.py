@@ -43,14 +43,20 @@ def _batch(seed, B=2, S=7, lengths=(7, 4)):
     return {"student": b, "teacher": b, "labels": labels}
 
 
-@pytest.mark.parametrize("kd_loss,pilot_params", [("pos", "all"), ("struct", "all"), ("pos", "top"), ("pos", "head")])
-def test_meta_gradient_matches_finite_differences(kd_loss, pilot_params):
+def _teacher_and_student():
+    """A tiny 2-layer teacher and a 1-layer student shrunk from it, then perturbed so they differ."""
     t = _tiny_bertcrf(2, 0)
     s = distill.shrink(t, [1])
-    with torch.no_grad():  # the student differs from the teacher
+    with torch.no_grad():
         for p in s.parameters():
             p.add_(0.05 * torch.randn_like(p))
     t.eval(), s.eval()
+    return t, s
+
+
+@pytest.mark.parametrize("kd_loss,pilot_params", [("pos", "all"), ("struct", "all"), ("pos", "top"), ("pos", "head")])
+def test_meta_gradient_matches_finite_differences(kd_loss, pilot_params):
+    t, s = _teacher_and_student()
     batch, quiz = _batch(1), _batch(2)
     cfg = meta.MetaConfig(kd_loss=kd_loss, alpha=0.5, pilot_lr=0.5, pilot_params=pilot_params)
     probes = [("crf.transitions", (0, 1)), ("encoder.classifier.weight", (2, 3)),
@@ -76,12 +82,7 @@ def test_meta_gradient_matches_finite_differences(kd_loss, pilot_params):
 
 def test_teacher_step_descends_the_quiz_loss():
     # the sign end to end: one teacher step (plain SGD, small lr, no clipping) lowers L_q(S'(T))
-    t = _tiny_bertcrf(2, 0)
-    s = distill.shrink(t, [1])
-    with torch.no_grad():
-        for p in s.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    t.eval(), s.eval()
+    t, s = _teacher_and_student()
     batch, quiz = _batch(1), _batch(2)
     cfg = meta.MetaConfig(kd_loss="pos", alpha=0.5, pilot_lr=0.5, teacher_grad_clip=0.0)
     before = meta.quiz_loss_after_pilot(s, t, batch, quiz, cfg).item()
