@@ -12,7 +12,10 @@ the background: ``nohup python -m benchmarks.paper --grid table1 ... > runs/pape
 
 Every method gets the same budget: same epochs, batch size, learning rates, seeds and data order
 per seed (see ``training.distill``). Model selection is on dev only; test is read once per cell from
-the best-on-dev checkpoint. Teachers are trained once per dataset (seed 0) and reused.
+the best-on-dev checkpoint. Teachers are trained once per dataset (seed 0) and reused; when a later
+sitting (another machine) lacks the checkpoint, the teacher is trained again, its row records the first
+training's F1 (``retrain_of``), and every student row records its teacher's F1 (``teacher_f1``).
+``--dataset wikiann`` restricts the chosen grids to one dataset.
 """
 
 from __future__ import annotations
@@ -98,8 +101,12 @@ def run_cell(cell: dict, args) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     info = json.loads((out / "best" / "run.json").read_text())
     pick = lambda m: {k: m[k] for k in ("f1", "precision", "recall")}  # noqa: E731
+    extra = {}
+    if cell["method"] != "teacher":  # which teacher this student learned from (teachers may be retrained, see main)
+        tm = json.loads((RUNS / cell["dataset"] / "teacher" / "metrics.json").read_text())
+        extra["teacher_f1"] = {"dev": tm["dev"]["f1"], "test": tm["test"]["f1"]}
     return {
-        "key": key, **cell,
+        "key": key, **cell, **extra,
         "dev": pick(metrics["dev"]), "test": pick(metrics["test"]),
         "per_type_test": {k: v["f1"] for k, v in metrics["test"]["per_type"].items()},
         "best_epoch": info.get("train", {}).get("best_epoch"),
@@ -164,11 +171,32 @@ def report(out_md: Path) -> str:
                   "alpha 0.5, T 1, Adam(W). `train s` and `tok/s` are as measured per cell, on 2 cores that other "
                   "jobs often shared, with 1 or 2 threads per cell (rows record `threads`, `jobs`): compare methods' "
                   "costs with `distill_cost.md` (all methods in one run) instead.", ""]
-        lines += cost_lines(sub) + verdict(sub) + msd_teacher_lines(ds)
+        lines += teacher_lines(ds, sub) + cost_lines(sub) + verdict(sub) + msd_teacher_lines(ds)
     lines += depth_alpha_sections(rows)
     text = "\n".join(lines) + "\n"
     out_md.write_text(text)
     return text
+
+
+def teacher_lines(ds: str, sub: list[dict]) -> list[str]:
+    """Say when the teacher was trained again (its checkpoint did not survive to a later sitting) and
+    whether it reproduced the first training, and which teacher the students learned from."""
+    t = next((r for r in sub if r["method"] == "teacher"), None)
+    if t is None or "retrain_of" not in t:
+        return []
+    prev, same = t["retrain_of"], t["retrain_of"]["test"] == t["test"]["f1"] and t["retrain_of"]["dev"] == t["dev"]["f1"]
+    out = [f"- The teacher was trained again on {t['finished_at'][:10]} (its checkpoint does not outlive the machine): "
+           f"dev / test F1 {100 * t['dev']['f1']:.2f} / {100 * t['test']['f1']:.2f} vs {100 * prev['dev']:.2f} / "
+           f"{100 * prev['test']:.2f} the first time"
+           + (", the same teacher." if same else "; students trained after that learned from a slightly different teacher.")]
+    by = {}
+    for r in sub:
+        if "teacher_f1" in r:
+            by.setdefault(round(100 * r["teacher_f1"]["test"], 2), []).append(r["key"].split("/")[1])
+    if by and not same:
+        out.append("- Students by teacher test F1: " + "; ".join(f"{k:.2f}: {', '.join(v)}" for k, v in sorted(by.items()))
+                   + "; cells without a `teacher_f1` record learned from the first teacher.")
+    return out + [""]
 
 
 def cost_lines(sub: list[dict]) -> list[str]:
@@ -341,6 +369,8 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", action="append", choices=sorted(GRIDS), help="preset grid(s) to fill, in order")
+    ap.add_argument("--dataset", action="append", choices=sorted(PAPER),
+                    help="only this dataset's cells of the chosen grids (repeatable)")
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--epochs", type=int, default=2, help="student epochs per cell")
     ap.add_argument("--teacher-epochs", type=int, default=4)
@@ -365,10 +395,10 @@ def main(argv=None) -> int:
     cells = []
     for g in args.grid:
         for c in expand(GRIDS[g]):
-            if cell_key(c) not in {cell_key(x) for x in cells}:
+            if cell_key(c) not in {cell_key(x) for x in cells} and (not args.dataset or c["dataset"] in args.dataset):
                 cells.append(c)
     done = finished()
-    todo = [c for c in cells if cell_key(c) not in done]
+    todo = plan(cells, done)
     print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
     if args.dry_run:
         print("\n".join(cell_key(c) for c in todo))
@@ -376,41 +406,67 @@ def main(argv=None) -> int:
     return run_grid(todo, args)
 
 
-def run_grid(todo: list[dict], args) -> int:
-    """Run ``todo`` in order, up to ``args.jobs`` cells at a time (each with ``args.threads`` threads).
+def plan(cells: list[dict], done: dict) -> list[dict]:
+    """The cells still to run, in order. A teacher whose row is finished but whose checkpoint is gone
+    (``runs/`` does not travel between machines) is trained again when one of its students still has
+    to run; its new row records the earlier F1 under ``retrain_of`` so the report can say whether the
+    retrained teacher reproduced it."""
+    todo = [c for c in cells if cell_key(c) not in done]
+    for c in cells:
+        k = cell_key(c)
+        if (c["method"] == "teacher" and k in done and not (RUNS / c["dataset"] / "teacher" / "best").is_dir()
+                and any(t["dataset"] == c["dataset"] for t in todo)):
+            prev = done[k]
+            todo.insert(0, {**c, "retrain_of": {"dev": prev["dev"]["f1"], "test": prev["test"]["f1"],
+                                                "finished_at": prev.get("finished_at")}})
+    return todo
 
-    A student cell waits until its dataset's teacher cell (earlier in the list) has finished. Cells
-    are started in list order, so a teacher always starts before its students and the wait cannot
-    deadlock. After a failure no new cell starts; running ones finish and are recorded."""
-    teacher_done = {c["dataset"]: threading.Event() for c in todo if c["method"] == "teacher"}
-    lock, failed, count = threading.Lock(), threading.Event(), itertools.count(1)
+
+def run_grid(todo: list[dict], args) -> int:
+    """Run ``todo``, up to ``args.jobs`` cells at a time (each with ``args.threads`` threads).
+
+    Whenever a slot is free, the first *ready* cell in list order starts: a student is ready once its
+    dataset's teacher (if it is in ``todo``) has finished, so a waiting student never holds a slot that
+    another dataset's teacher or students could use. After a failure no new cell starts; running
+    ones finish and are recorded. Cells left unstarted (failure, or a teacher that failed) are listed."""
+    pending_teacher = {c["dataset"] for c in todo if c["method"] == "teacher"}
+    lock, count = threading.Lock(), itertools.count(1)
 
     def work(c):
-        if c["method"] != "teacher" and c["dataset"] in teacher_done:
-            teacher_done[c["dataset"]].wait()
-        if failed.is_set():
-            return
-        try:
-            r = run_cell(c, args)
-        except BaseException:
-            failed.set()
-            for ev in teacher_done.values():  # release students waiting on a teacher that will not come
-                ev.set()
-            raise
+        r = run_cell(c, args)
         with lock:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(r) + "\n")
             print(f"[{next(count)}/{len(todo)}] {r['key']}: dev F1 {100 * r['dev']['f1']:.2f} test F1 "
                   f"{100 * r['test']['f1']:.2f} ({r['wall_seconds']:.0f}s, peak {r['peak_rss_mb']:.0f} MB)", flush=True)
-        if c["method"] == "teacher":
-            teacher_done[c["dataset"]].set()
+        return c
 
+    queue, running, futures = list(todo), {}, []
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as ex:
-        futures = [ex.submit(work, c) for c in todo]
+        while queue or running:
+            # start the first ready cells in list order (a student is ready once its teacher is done)
+            failed = any(f.exception() is not None for f in futures if f.done())
+            while not failed and queue and len(running) < max(1, args.jobs):
+                ready = next((c for c in queue if c["method"] == "teacher" or c["dataset"] not in pending_teacher), None)
+                if ready is None:
+                    break
+                queue.remove(ready)
+                f = ex.submit(work, ready)
+                running[f] = ready
+                futures.append(f)
+            if not running:
+                break  # after a failure, or nothing can start
+            finished_now, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for f in finished_now:
+                c = running.pop(f)
+                if f.exception() is None and c["method"] == "teacher":
+                    pending_teacher.discard(c["dataset"])
     errors = [f.exception() for f in futures if f.exception() is not None]
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    if queue:
+        print(f"not started: {', '.join(cell_key(c) for c in queue)}", file=sys.stderr)
+    return 1 if errors or queue else 0
 
 
 if __name__ == "__main__":

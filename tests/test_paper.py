@@ -126,3 +126,67 @@ def test_run_grid_stops_starting_cells_after_a_failure(tmp_path, monkeypatch):
     assert paper.run_grid(todo, _grid_args(jobs=2)) == 1
     assert started == ["wikiann/teacher"]  # the students waited for the teacher, then did not start
     assert not (tmp_path / "paper_runs.jsonl").exists()
+
+
+def test_run_grid_a_waiting_student_does_not_hold_a_slot(tmp_path, monkeypatch):
+    """With 2 slots and 2 datasets, the second teacher starts while the first one still trains,
+    although the first teacher's students come earlier in the list."""
+    import threading
+    import time
+
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    events, lock = [], threading.Lock()
+
+    def fake_run_cell(cell, args):
+        with lock:
+            events.append(("start", paper.cell_key(cell)))
+        time.sleep(0.2 if cell["method"] == "teacher" else 0.01)
+        with lock:
+            events.append(("end", paper.cell_key(cell)))
+        return _line(cell["method"], cell["seed"], 0.5) | {"dataset": cell["dataset"], "key": paper.cell_key(cell),
+                                                            "wall_seconds": 0.0}
+
+    monkeypatch.setattr(paper, "run_cell", fake_run_cell)
+    todo = (paper.expand(dict(datasets=["wikiann"], methods=["none", "pos"], seeds=[0], layers=[3], alphas=[0.5]))
+            + paper.expand(dict(datasets=["conll2000"], methods=["none"], seeds=[0], layers=[3], alphas=[0.5])))
+    assert paper.run_grid(todo, _grid_args(jobs=2)) == 0
+    assert events[:2] == [("start", "wikiann/teacher"), ("start", "conll2000/teacher")]
+    assert len((tmp_path / "paper_runs.jsonl").read_text().splitlines()) == len(todo)
+
+
+def test_plan_retrains_a_teacher_whose_checkpoint_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper, "RUNS", tmp_path / "runs")
+    cells = paper.expand(dict(datasets=["wikiann"], methods=["none", "pos"], seeds=[0], layers=[3], alphas=[0.5]))
+    teacher = _line("teacher", 0, 0.9) | {"key": "wikiann/teacher", "finished_at": "2026-11-24T10:00:00+00:00"}
+    done = {"wikiann/teacher": teacher, "wikiann/none-L3-a0.5-s0": _line("none", 0, 0.8)}
+    todo = paper.plan(cells, done)
+    assert [paper.cell_key(c) for c in todo] == ["wikiann/teacher", "wikiann/pos-L3-a0.5-s0"]
+    assert todo[0]["retrain_of"] == {"dev": 0.9, "test": 0.9, "finished_at": "2026-11-24T10:00:00+00:00"}
+    (tmp_path / "runs" / "wikiann" / "teacher" / "best").mkdir(parents=True)  # checkpoint present: reuse it
+    assert [paper.cell_key(c) for c in paper.plan(cells, done)] == ["wikiann/pos-L3-a0.5-s0"]
+    done["wikiann/pos-L3-a0.5-s0"] = _line("pos", 0, 0.8)  # nothing left that needs the teacher
+    assert paper.plan(cells, done) == []
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    assert paper.plan(cells, done) == []
+
+
+def test_teacher_lines_say_whether_a_retrained_teacher_reproduced_the_first():
+    t = _line("teacher", 0, 0.9) | {"finished_at": "2026-11-25T11:00:00+00:00"}
+    assert paper.teacher_lines("wikiann", [t]) == []  # trained once: nothing to say
+    same = t | {"retrain_of": {"dev": 0.9, "test": 0.9}}
+    assert "the same teacher" in paper.teacher_lines("wikiann", [same])[0]
+    other = t | {"retrain_of": {"dev": 0.91, "test": 0.89}}
+    s = _line("pos", 0, 0.8) | {"key": "wikiann/pos-L3-a0.5-s0", "teacher_f1": {"dev": 0.9, "test": 0.9}}
+    out = paper.teacher_lines("wikiann", [other, s])
+    assert "slightly different teacher" in out[0] and "91.00 / 89.00" in out[0]
+    assert out[1].startswith("- Students by teacher test F1: 90.00: pos-L3-a0.5-s0")
+
+
+def test_dataset_filter_restricts_the_grid(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    monkeypatch.setattr(paper, "RUNS", tmp_path / "runs")
+    assert paper.main(["--grid", "tables23", "--dataset", "wikiann", "--data-dir", str(tmp_path), "--dry-run"]) == 0
+    keys = capsys.readouterr().out.splitlines()[1:]
+    assert keys[0] == "wikiann/teacher" and len(keys) == 16 and all(k.startswith("wikiann/") for k in keys)
