@@ -407,19 +407,28 @@ def main(argv=None) -> int:
 
 
 def plan(cells: list[dict], done: dict) -> list[dict]:
-    """The cells still to run, in order. A teacher whose row is finished but whose checkpoint is gone
-    (``runs/`` does not travel between machines) is trained again when one of its students still has
-    to run; its new row records the earlier F1 under ``retrain_of`` so the report can say whether the
-    retrained teacher reproduced it."""
+    """The cells still to run, in order. The recorded teacher row must describe the checkpoint on disk:
+    when a student still has to run and the teacher's checkpoint is gone (``runs/`` does not travel
+    between machines) or its ``metrics.json`` disagrees with the row (it was trained again by hand),
+    the teacher cell runs again (training, or only re-evaluating a finished ``--resume`` run). Its new
+    row records the first training's F1 under ``retrain_of``, so the report says whether it reproduced."""
     todo = [c for c in cells if cell_key(c) not in done]
     for c in cells:
         k = cell_key(c)
-        if (c["method"] == "teacher" and k in done and not (RUNS / c["dataset"] / "teacher" / "best").is_dir()
+        if (c["method"] == "teacher" and k in done and not _teacher_on_disk_is(c["dataset"], done[k])
                 and any(t["dataset"] == c["dataset"] for t in todo)):
             prev = done[k]
             todo.insert(0, {**c, "retrain_of": {"dev": prev["dev"]["f1"], "test": prev["test"]["f1"],
                                                 "finished_at": prev.get("finished_at")}})
     return todo
+
+
+def _teacher_on_disk_is(ds: str, row: dict) -> bool:
+    d = RUNS / ds / "teacher"
+    if not (d / "best").is_dir() or not (d / "metrics.json").exists():
+        return False
+    m = json.loads((d / "metrics.json").read_text())
+    return m["dev"]["f1"] == row["dev"]["f1"] and m["test"]["f1"] == row["test"]["f1"]
 
 
 def run_grid(todo: list[dict], args) -> int:

@@ -162,8 +162,12 @@ def test_plan_retrains_a_teacher_whose_checkpoint_is_gone(tmp_path, monkeypatch)
     todo = paper.plan(cells, done)
     assert [paper.cell_key(c) for c in todo] == ["wikiann/teacher", "wikiann/pos-L3-a0.5-s0"]
     assert todo[0]["retrain_of"] == {"dev": 0.9, "test": 0.9, "finished_at": "2026-11-24T10:00:00+00:00"}
-    (tmp_path / "runs" / "wikiann" / "teacher" / "best").mkdir(parents=True)  # checkpoint present: reuse it
-    assert [paper.cell_key(c) for c in paper.plan(cells, done)] == ["wikiann/pos-L3-a0.5-s0"]
+    tdir = tmp_path / "runs" / "wikiann" / "teacher"
+    (tdir / "best").mkdir(parents=True)
+    (tdir / "metrics.json").write_text(json.dumps({"dev": {"f1": 0.9}, "test": {"f1": 0.9}}))
+    assert [paper.cell_key(c) for c in paper.plan(cells, done)] == ["wikiann/pos-L3-a0.5-s0"]  # the recorded one: reuse
+    (tdir / "metrics.json").write_text(json.dumps({"dev": {"f1": 0.9}, "test": {"f1": 0.88}}))  # another teacher on disk
+    assert [paper.cell_key(c) for c in paper.plan(cells, done)][0] == "wikiann/teacher"
     done["wikiann/pos-L3-a0.5-s0"] = _line("pos", 0, 0.8)  # nothing left that needs the teacher
     assert paper.plan(cells, done) == []
     import shutil
