@@ -58,15 +58,26 @@ def cell_key(c: dict) -> str:
     return f"{c['dataset']}/{c['method']}-L{c['layers']}-a{c['alpha']}-s{c['seed']}{q}"
 
 
-def finished() -> dict:
+def all_rows() -> list[dict]:
+    """Every result line, in order (a retrained teacher has more than one)."""
     if not RESULTS.exists():
-        return {}
-    out = {}
-    for line in RESULTS.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[r["key"]] = r
-    return out
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def finished() -> dict:
+    """The latest row per cell key."""
+    return {r["key"]: r for r in all_rows()}
+
+
+def teacher_of(students: list[dict], trainings: list[dict]) -> dict | None:
+    """The teacher training that ``students`` learned from: the one whose test F1 most of them record
+    in ``teacher_f1``; rows without that record predate retraining and learned from the first one."""
+    if not trainings:
+        return None
+    votes = [next((t for t in trainings if t["test"]["f1"] == r["teacher_f1"]["test"]), trainings[-1])
+             if "teacher_f1" in r else trainings[0] for r in students]
+    return max(trainings, key=lambda t: sum(v is t for v in votes)) if votes else trainings[-1]
 
 
 def _commit() -> str:
@@ -150,52 +161,65 @@ def report(out_md: Path) -> str:
              "3 layers initialised from teacher layers [1, 3, 5] unless stated. Paper: BERT-base 12L -> 6L.", ""]
     for ds, title in (("conll2003", "Table I: CoNLL-2003 NER"), ("wikiann", "Table II: WikiANN-en NER"),
                       ("conll2000", "Table III: CoNLL-2000 chunking")):
-        sub = [r for r in main if r["dataset"] == ds]
+        trainings = [r for r in all_rows() if r["dataset"] == ds and r["method"] == "teacher"]
+        students = [r for r in main if r["dataset"] == ds and r["method"] != "teacher"]
+        t = teacher_of(students, trainings)
+        sub = ([t] if t else []) + students  # the verdict compares students with the teacher they learned from
         if not sub:
             lines += [f"## {title}", "", "No finished cells yet.", ""]
             continue
         lines += [f"## {title}", "", "| method | test F1 (ours, mean ± std) | test P | test R | dev F1 | paper F1 | "
                   "params (M) | train s / cell | tok/s |", "|---|---|---|---|---|---:|---:|---:|---:|"]
         for m in ("teacher",) + METHODS:
-            rs = [r for r in sub if r["method"] == m]
-            if not rs:
+            if m == "teacher" and len(trainings) > 1:  # one line per training of the teacher
+                for i, r in enumerate(trainings):
+                    mark = ", taught these students" if r is t else ""
+                    lines.append(_table_row(f"teacher (training {i + 1}{mark})", m, ds, [r]))
                 continue
-            lines.append(
-                f"| {m} | {_ms([r['test']['f1'] for r in rs])} | {_ms([r['test']['precision'] for r in rs])} | "
-                f"{_ms([r['test']['recall'] for r in rs])} | {_ms([r['dev']['f1'] for r in rs])} | {PAPER[ds][m]:.2f} | "
-                f"{rs[0]['num_parameters'] / 1e6:.1f} | {statistics.fmean(r['train_seconds'] or 0 for r in rs):.0f} | "
-                f"{statistics.fmean(r['tokens_per_second'] or 0 for r in rs):.0f} |")
+            rs = [r for r in sub if r["method"] == m]
+            if rs:
+                lines.append(_table_row(m, m, ds, rs))
         epochs = sorted({r["epochs"] for r in sub if r["method"] != "teacher"})
         lines += ["", f"Budget: students {epochs} epoch(s), teacher "
                   f"{sorted({r['epochs'] for r in sub if r['method'] == 'teacher'})} epoch(s); batch 16, max length 128, "
                   "alpha 0.5, T 1, Adam(W). `train s` and `tok/s` are as measured per cell, on 2 cores that other "
                   "jobs often shared, with 1 or 2 threads per cell (rows record `threads`, `jobs`): compare methods' "
                   "costs with `distill_cost.md` (all methods in one run) instead.", ""]
-        lines += teacher_lines(ds, sub) + cost_lines(sub) + verdict(sub) + msd_teacher_lines(ds)
+        lines += teacher_lines(trainings, rows) + cost_lines(sub) + verdict(sub) + msd_teacher_lines(ds)
     lines += depth_alpha_sections(rows)
     text = "\n".join(lines) + "\n"
     out_md.write_text(text)
     return text
 
 
-def teacher_lines(ds: str, sub: list[dict]) -> list[str]:
-    """Say when the teacher was trained again (its checkpoint did not survive to a later sitting) and
-    whether it reproduced the first training, and which teacher the students learned from."""
-    t = next((r for r in sub if r["method"] == "teacher"), None)
-    if t is None or "retrain_of" not in t:
+def _table_row(name: str, m: str, ds: str, rs: list[dict]) -> str:
+    return (f"| {name} | {_ms([r['test']['f1'] for r in rs])} | {_ms([r['test']['precision'] for r in rs])} | "
+            f"{_ms([r['test']['recall'] for r in rs])} | {_ms([r['dev']['f1'] for r in rs])} | {PAPER[ds][m]:.2f} | "
+            f"{rs[0]['num_parameters'] / 1e6:.1f} | {statistics.fmean(r['train_seconds'] or 0 for r in rs):.0f} | "
+            f"{statistics.fmean(r['tokens_per_second'] or 0 for r in rs):.0f} |")
+
+
+def teacher_lines(trainings: list[dict], rows: list[dict]) -> list[str]:
+    """When the teacher was trained more than once (its checkpoint does not outlive the machine): did the
+    new training reproduce the first, and which students (of any grid) learned from which training."""
+    if len(trainings) < 2:
         return []
-    prev, same = t["retrain_of"], t["retrain_of"]["test"] == t["test"]["f1"] and t["retrain_of"]["dev"] == t["dev"]["f1"]
-    out = [f"- The teacher was trained again on {t['finished_at'][:10]} (its checkpoint does not outlive the machine): "
-           f"dev / test F1 {100 * t['dev']['f1']:.2f} / {100 * t['test']['f1']:.2f} vs {100 * prev['dev']:.2f} / "
-           f"{100 * prev['test']:.2f} the first time"
-           + (", the same teacher." if same else "; students trained after that learned from a slightly different teacher.")]
-    by = {}
-    for r in sub:
-        if "teacher_f1" in r:
-            by.setdefault(round(100 * r["teacher_f1"]["test"], 2), []).append(r["key"].split("/")[1])
-    if by and not same:
-        out.append("- Students by teacher test F1: " + "; ".join(f"{k:.2f}: {', '.join(v)}" for k, v in sorted(by.items()))
-                   + "; cells without a `teacher_f1` record learned from the first teacher.")
+    first, last = trainings[0], trainings[-1]
+    same = first["dev"]["f1"] == last["dev"]["f1"] and first["test"]["f1"] == last["test"]["f1"]
+    out = [f"- The teacher was trained {len(trainings)} times (its checkpoint does not outlive the machine; the "
+           f"runner trains it again when a student needs it). Dev / test F1 {100 * last['dev']['f1']:.2f} / "
+           f"{100 * last['test']['f1']:.2f} on {last['finished_at'][:10]} vs {100 * first['dev']['f1']:.2f} / "
+           f"{100 * first['test']['f1']:.2f} the first time: "
+           + ("the same teacher." if same else "not bit-identical (thread count and run-to-run numerics), so "
+              "students trained after the first training learned from a slightly different teacher.")]
+    if not same:
+        by = {}
+        for r in rows:
+            if r["dataset"] == first["dataset"] and r["method"] != "teacher" and "teacher_f1" in r:
+                by.setdefault(round(100 * r["teacher_f1"]["test"], 2), []).append(r["key"].split("/")[1])
+        if by:
+            out.append("- Cells that learned from a later training (by its test F1): " + "; ".join(
+                f"{k:.2f}: {', '.join(v)}" for k, v in sorted(by.items())) + ". All other cells learned from the first.")
     return out + [""]
 
 
