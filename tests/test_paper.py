@@ -83,11 +83,11 @@ def _grid_args(jobs):
     return argparse.Namespace(jobs=jobs, threads=1, epochs=2, teacher_epochs=4, batch_size=16, data_dir="x")
 
 
-def test_run_grid_parallel_waits_for_the_teacher(tmp_path, monkeypatch):
+def _record_cells(monkeypatch) -> list:
+    """Replace run_cell by a fake that sleeps (teachers longer) and records ("start"/"end", key) events."""
     import threading
     import time
 
-    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
     events, lock = [], threading.Lock()
 
     def fake_run_cell(cell, args):
@@ -100,6 +100,12 @@ def test_run_grid_parallel_waits_for_the_teacher(tmp_path, monkeypatch):
                                                             "wall_seconds": 0.0}
 
     monkeypatch.setattr(paper, "run_cell", fake_run_cell)
+    return events
+
+
+def test_run_grid_parallel_waits_for_the_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    events = _record_cells(monkeypatch)
     todo = paper.expand(dict(datasets=["wikiann", "conll2000"], methods=["none", "pos"], seeds=[0, 1],
                              layers=[3], alphas=[0.5]))
     assert paper.run_grid(todo, _grid_args(jobs=3)) == 0
@@ -131,22 +137,8 @@ def test_run_grid_stops_starting_cells_after_a_failure(tmp_path, monkeypatch):
 def test_run_grid_a_waiting_student_does_not_hold_a_slot(tmp_path, monkeypatch):
     """With 2 slots and 2 datasets, the second teacher starts while the first one still trains,
     although the first teacher's students come earlier in the list."""
-    import threading
-    import time
-
     monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
-    events, lock = [], threading.Lock()
-
-    def fake_run_cell(cell, args):
-        with lock:
-            events.append(("start", paper.cell_key(cell)))
-        time.sleep(0.2 if cell["method"] == "teacher" else 0.01)
-        with lock:
-            events.append(("end", paper.cell_key(cell)))
-        return _line(cell["method"], cell["seed"], 0.5) | {"dataset": cell["dataset"], "key": paper.cell_key(cell),
-                                                            "wall_seconds": 0.0}
-
-    monkeypatch.setattr(paper, "run_cell", fake_run_cell)
+    events = _record_cells(monkeypatch)
     todo = (paper.expand(dict(datasets=["wikiann"], methods=["none", "pos"], seeds=[0], layers=[3], alphas=[0.5]))
             + paper.expand(dict(datasets=["conll2000"], methods=["none"], seeds=[0], layers=[3], alphas=[0.5])))
     assert paper.run_grid(todo, _grid_args(jobs=2)) == 0
