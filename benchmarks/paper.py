@@ -293,7 +293,7 @@ def verdict(sub: list[dict]) -> list[str]:
         mean_d = statistics.fmean(d)
         sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
         p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
-        tested[other] = (mean_d, p, len(d))
+        tested[other] = (mean_d, p, len(d), max(d))
         rows.append(f"| msd − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {mean_d:+.2f} | "
                     f"{'-' if sd_d != sd_d else f'{sd_d:.2f}'} | {'-' if p != p else f'{p:.3f}'} | "
                     f"{PAPER[ds]['msd'] - PAPER[ds][other]:+.2f} |")
@@ -322,6 +322,9 @@ def conclusion(tested: dict, ds: str) -> str:
         head = f"**MSD wins here: {diffs} F1, beyond the seed-to-seed spread (paired t-test p < 0.05).**"
     elif lose:
         head = f"**MSD does not win here: {diffs} F1, and it is significantly worse than at least one of them.**"
+    elif all(len(v) > 3 and v[3] < 0 for v in vs.values()):  # (mean, p, n, largest per-seed difference)
+        head = (f"**MSD does not win here: {diffs} F1. It is lower than both on every one of the {n} seeds, "
+                "though with so few seeds the paired t-test does not reach p < 0.05.**")
     else:
         head = (f"**MSD does not win here: {diffs} F1, differences that do not stand out from the seed-to-seed "
                 "spread (paired t-test p >= 0.05).**")

@@ -62,6 +62,10 @@ def test_conclusion_branches():
     lose = paper.conclusion({"pos": (0.1, 0.5, 3), "struct": (-0.4, 0.01, 3)}, "wikiann")
     assert lose.startswith("**MSD does not win here") and "significantly worse" in lose
     assert "+0.46 vs pos and +0.29 vs struct" in lose
+    below = paper.conclusion({"pos": (-1.4, 0.08, 3, -0.78), "struct": (-1.7, 0.06, 3, -1.08)}, "wikiann")
+    assert "lower than both on every one of the 3 seeds" in below and "significantly" not in below
+    mixed = paper.conclusion({"pos": (-0.1, 0.7, 3, 0.13), "struct": (-0.3, 0.2, 3, -0.1)}, "conll2003")
+    assert "do not stand out" in mixed and "every one" not in mixed
     few = paper.conclusion({"pos": (2.0, 0.01, 2), "struct": (2.0, 0.01, 3)}, "conll2003")
     assert "too few seeds" in few and "wins" not in few
     assert "no finished seed" in paper.conclusion({"none": (1.0, 0.1, 3)}, "conll2003")
