@@ -113,7 +113,7 @@ def run_cell(cell: dict, args) -> dict:
     info = json.loads((out / "best" / "run.json").read_text())
     pick = lambda m: {k: m[k] for k in ("f1", "precision", "recall")}  # noqa: E731
     extra = {}
-    if cell["method"] != "teacher":  # which teacher this student learned from (teachers may be retrained, see main)
+    if cell["method"] != "teacher":  # which teacher this student learned from (teachers may be retrained, see plan)
         tm = json.loads((RUNS / cell["dataset"] / "teacher" / "metrics.json").read_text())
         extra["teacher_f1"] = {"dev": tm["dev"]["f1"], "test": tm["test"]["f1"]}
     return {
@@ -218,8 +218,9 @@ def teacher_lines(trainings: list[dict], rows: list[dict]) -> list[str]:
             if r["dataset"] == first["dataset"] and r["method"] != "teacher" and "teacher_f1" in r:
                 by.setdefault(round(100 * r["teacher_f1"]["test"], 2), []).append(r["key"].split("/")[1])
         if by:
-            out.append("- Cells that learned from a later training (by its test F1): " + "; ".join(
-                f"{k:.2f}: {', '.join(v)}" for k, v in sorted(by.items())) + ". All other cells learned from the first.")
+            out.append("- Cells by the teacher test F1 they record (`teacher_f1`): " + "; ".join(
+                f"{k:.2f}: {', '.join(v)}" for k, v in sorted(by.items())) + ". Cells without that record learned "
+                "from the first training.")
     return out + [""]
 
 
