@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from training import checkpoint as ckpt
+
 RESULTS = Path("benchmarks/results/paper_runs.jsonl")
 RUNS = Path("runs/paper")
 METHODS = ("none", "topk", "pos", "struct", "msd")
@@ -65,9 +67,18 @@ def all_rows() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
-def finished() -> dict:
-    """The latest row per cell key."""
-    return {r["key"]: r for r in all_rows()}
+def finished(rows: list[dict] | None = None) -> dict:
+    """The latest row per cell key (of ``rows``, default: the results file)."""
+    return {r["key"]: r for r in (all_rows() if rows is None else rows)}
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / ckpt.METRICS_FILE).read_text())
+
+
+def _same_f1(a: dict, b: dict) -> bool:
+    """Same dev and test F1: the test for 'the same teacher' between rows and metrics files."""
+    return a["dev"]["f1"] == b["dev"]["f1"] and a["test"]["f1"] == b["test"]["f1"]
 
 
 def teacher_of(students: list[dict], trainings: list[dict]) -> dict | None:
@@ -109,12 +120,12 @@ def run_cell(cell: dict, args) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{key} failed with exit code {code}; see {log.name}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    info = json.loads((out / "best" / "run.json").read_text())
+    metrics = _metrics(out)
+    info = json.loads((out / ckpt.BEST / "run.json").read_text())
     pick = lambda m: {k: m[k] for k in ("f1", "precision", "recall")}  # noqa: E731
     extra = {}
     if cell["method"] != "teacher":  # which teacher this student learned from (teachers may be retrained, see plan)
-        tm = json.loads((RUNS / cell["dataset"] / "teacher" / "metrics.json").read_text())
+        tm = _metrics(RUNS / cell["dataset"] / "teacher")
         extra["teacher_f1"] = {"dev": tm["dev"]["f1"], "test": tm["test"]["f1"]}
     return {
         "key": key, **cell, **extra,
@@ -152,7 +163,8 @@ def _ms(xs):
 
 
 def report(out_md: Path) -> str:
-    rows = list(finished().values())
+    everything = all_rows()
+    rows = list(finished(everything).values())
     main = [r for r in rows if r["method"] == "teacher" or (r["layers"] == 3 and r["alpha"] == 0.5
                                                            and r.get("quiz_split", "holdout") == "holdout")]
     lines = ["# Paper reproduction at offline scale", "",
@@ -161,7 +173,7 @@ def report(out_md: Path) -> str:
              "3 layers initialised from teacher layers [1, 3, 5] unless stated. Paper: BERT-base 12L -> 6L.", ""]
     for ds, title in (("conll2003", "Table I: CoNLL-2003 NER"), ("wikiann", "Table II: WikiANN-en NER"),
                       ("conll2000", "Table III: CoNLL-2000 chunking")):
-        trainings = [r for r in all_rows() if r["dataset"] == ds and r["method"] == "teacher"]
+        trainings = [r for r in everything if r["dataset"] == ds and r["method"] == "teacher"]
         students = [r for r in main if r["dataset"] == ds and r["method"] != "teacher"]
         t = teacher_of(students, trainings)
         sub = ([t] if t else []) + students  # the verdict compares students with the teacher they learned from
@@ -205,7 +217,7 @@ def teacher_lines(trainings: list[dict], rows: list[dict]) -> list[str]:
     if len(trainings) < 2:
         return []
     first, last = trainings[0], trainings[-1]
-    same = first["dev"]["f1"] == last["dev"]["f1"] and first["test"]["f1"] == last["test"]["f1"]
+    same = _same_f1(first, last)
     out = [f"- The teacher was trained {len(trainings)} times (its checkpoint does not outlive the machine; the "
            f"runner trains it again when a student needs it). Dev / test F1 {100 * last['dev']['f1']:.2f} / "
            f"{100 * last['test']['f1']:.2f} on {last['finished_at'][:10]} vs {100 * first['dev']['f1']:.2f} / "
@@ -453,10 +465,9 @@ def plan(cells: list[dict], done: dict) -> list[dict]:
 
 def _teacher_on_disk_is(ds: str, row: dict) -> bool:
     d = RUNS / ds / "teacher"
-    if not (d / "best").is_dir() or not (d / "metrics.json").exists():
+    if not (d / ckpt.BEST).is_dir() or not (d / ckpt.METRICS_FILE).exists():
         return False
-    m = json.loads((d / "metrics.json").read_text())
-    return m["dev"]["f1"] == row["dev"]["f1"] and m["test"]["f1"] == row["test"]["f1"]
+    return _same_f1(_metrics(d), row)
 
 
 def run_grid(todo: list[dict], args) -> int:
@@ -476,13 +487,11 @@ def run_grid(todo: list[dict], args) -> int:
                 f.write(json.dumps(r) + "\n")
             print(f"[{next(count)}/{len(todo)}] {r['key']}: dev F1 {100 * r['dev']['f1']:.2f} test F1 "
                   f"{100 * r['test']['f1']:.2f} ({r['wall_seconds']:.0f}s, peak {r['peak_rss_mb']:.0f} MB)", flush=True)
-        return c
 
-    queue, running, futures = list(todo), {}, []
+    queue, running, futures, failed = list(todo), {}, [], False
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as ex:
         while queue or running:
             # start the first ready cells in list order (a student is ready once its teacher is done)
-            failed = any(f.exception() is not None for f in futures if f.done())
             while not failed and queue and len(running) < max(1, args.jobs):
                 ready = next((c for c in queue if c["method"] == "teacher" or c["dataset"] not in pending_teacher), None)
                 if ready is None:
@@ -496,7 +505,9 @@ def run_grid(todo: list[dict], args) -> int:
             finished_now, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for f in finished_now:
                 c = running.pop(f)
-                if f.exception() is None and c["method"] == "teacher":
+                if f.exception() is not None:
+                    failed = True
+                elif c["method"] == "teacher":
                     pending_teacher.discard(c["dataset"])
     errors = [f.exception() for f in futures if f.exception() is not None]
     for e in errors:
