@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from training import checkpoint as ckpt
@@ -306,7 +307,7 @@ def verdict(sub: list[dict]) -> list[str]:
         mean_d = statistics.fmean(d)
         sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
         p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
-        tested[other] = (mean_d, p, len(d), max(d))
+        tested[other] = Paired(d, p)
         rows.append(f"| msd − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {mean_d:+.2f} | "
                     f"{'-' if sd_d != sd_d else f'{sd_d:.2f}'} | {'-' if p != p else f'{p:.3f}'} | "
                     f"{PAPER[ds]['msd'] - PAPER[ds][other]:+.2f} |")
@@ -318,24 +319,40 @@ def verdict(sub: list[dict]) -> list[str]:
     return out + [""]
 
 
-def conclusion(tested: dict, ds: str) -> str:
+@dataclass
+class Paired:
+    """MSD minus another method, per seed (F1 points, seeds in order), and the paired t-test p."""
+
+    diffs: list[float]
+    p: float
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.diffs)
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+
+def conclusion(tested: dict[str, Paired], ds: str) -> str:
     """One sentence that answers 'does MSD win here?' from the paired tests against pos and struct."""
     vs = {k: v for k, v in tested.items() if k in ("pos", "struct")}
     if not vs:
         return "MSD has no finished seed paired with Pos or Struct yet."
-    n = min(v[2] for v in vs.values())
+    n = min(v.n for v in vs.values())
     paper = (f"The paper reports {PAPER[ds]['msd'] - PAPER[ds]['pos']:+.2f} vs pos and "
              f"{PAPER[ds]['msd'] - PAPER[ds]['struct']:+.2f} vs struct on this dataset.")
-    diffs = " and ".join(f"{v[0]:+.2f} vs {k}" for k, v in vs.items())
+    diffs = " and ".join(f"{v.mean:+.2f} vs {k}" for k, v in vs.items())
     if n < 3:
         return (f"**So far ({n} seed(s)): MSD {diffs}; too few seeds to separate that from seed noise.** " + paper)
-    win = all(v[0] > 0 and v[1] < 0.05 for v in vs.values())
-    lose = any(v[0] < 0 and v[1] < 0.05 for v in vs.values())
+    win = all(v.mean > 0 and v.p < 0.05 for v in vs.values())
+    lose = any(v.mean < 0 and v.p < 0.05 for v in vs.values())
     if win:
         head = f"**MSD wins here: {diffs} F1, beyond the seed-to-seed spread (paired t-test p < 0.05).**"
     elif lose:
         head = f"**MSD does not win here: {diffs} F1, and it is significantly worse than at least one of them.**"
-    elif all(len(v) > 3 and v[3] < 0 for v in vs.values()):  # (mean, p, n, largest per-seed difference)
+    elif all(max(v.diffs) < 0 for v in vs.values()):
         head = (f"**MSD does not win here: {diffs} F1. It is lower than both on every one of the {n} seeds, "
                 "though with so few seeds the paired t-test does not reach p < 0.05.**")
     else:

@@ -55,20 +55,20 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
 
 
 def test_conclusion_branches():
-    # (mean difference, paired t-test p, seeds) against pos and struct
-    win = paper.conclusion({"pos": (1.5, 0.01, 3), "struct": (0.9, 0.03, 3)}, "conll2003")
+    P = paper.Paired  # per-seed differences of msd from pos / struct (F1 points), paired t-test p
+    win = paper.conclusion({"pos": P([1.4, 1.5, 1.6], 0.01), "struct": P([0.8, 0.9, 1.0], 0.03)}, "conll2003")
     assert win.startswith("**MSD wins here: +1.50 vs pos and +0.90 vs struct")
     assert "+1.29 vs pos and +0.80 vs struct" in win
-    lose = paper.conclusion({"pos": (0.1, 0.5, 3), "struct": (-0.4, 0.01, 3)}, "wikiann")
+    lose = paper.conclusion({"pos": P([0.1, 0.0, 0.2], 0.5), "struct": P([-0.4, -0.3, -0.5], 0.01)}, "wikiann")
     assert lose.startswith("**MSD does not win here") and "significantly worse" in lose
     assert "+0.46 vs pos and +0.29 vs struct" in lose
-    below = paper.conclusion({"pos": (-1.4, 0.08, 3, -0.78), "struct": (-1.7, 0.06, 3, -1.08)}, "wikiann")
+    below = paper.conclusion({"pos": P([-0.78, -2.26, -1.26], 0.08), "struct": P([-1.08, -2.52, -1.48], 0.06)}, "wikiann")
     assert "lower than both on every one of the 3 seeds" in below and "significantly" not in below
-    mixed = paper.conclusion({"pos": (-0.1, 0.7, 3, 0.13), "struct": (-0.3, 0.2, 3, -0.1)}, "conll2003")
+    mixed = paper.conclusion({"pos": P([0.13, -0.2, -0.23], 0.7), "struct": P([-0.1, -0.3, -0.5], 0.2)}, "conll2003")
     assert "do not stand out" in mixed and "every one" not in mixed
-    few = paper.conclusion({"pos": (2.0, 0.01, 2), "struct": (2.0, 0.01, 3)}, "conll2003")
+    few = paper.conclusion({"pos": P([2.0, 2.0], 0.01), "struct": P([2.0, 2.1, 1.9], 0.01)}, "conll2003")
     assert "too few seeds" in few and "wins" not in few
-    assert "no finished seed" in paper.conclusion({"none": (1.0, 0.1, 3)}, "conll2003")
+    assert "no finished seed" in paper.conclusion({"none": P([1.0, 1.0, 1.0], 0.1)}, "conll2003")
 
 
 def test_verdict_paired_t_test_detects_a_consistent_difference():
