@@ -71,6 +71,7 @@ def analyse(run: Path, data_dir: str | None) -> dict:
     t1, tok1, _ = model_lib.load(run / "teacher")
     row = {"run": str(run), "teacher": str(original), "dataset": args.get("dataset"), "seed": args.get("seed"),
            "quiz_split": args.get("quiz_split"), "alpha": args.get("alpha"), "student_layers": args.get("student_layers"),
+           "teacher_lr": args.get("teacher_lr"),
            **drift(t0.state_dict(), t1.state_dict(), f"encoder.{t0.encoder.base_model_prefix}.")}
     dd = data_dir or args.get("data_dir")
     ml = args.get("max_length", 128)

@@ -2,14 +2,19 @@
 
 import json
 
+import pytest
+
 from benchmarks import paper
 
 
-def _line(method, seed, f1, layers=3, alpha=0.5, quiz="holdout"):
+def _line(method, seed, f1, layers=3, alpha=0.5, quiz="holdout", teacher_lr=None, dev=None):
     c = {"dataset": "conll2003", "method": method, "seed": seed, "layers": None if method == "teacher" else layers,
          "alpha": None if method == "teacher" else alpha, "quiz_split": quiz}
+    if teacher_lr is not None:
+        c["teacher_lr"] = teacher_lr
     m = {"f1": f1, "precision": f1, "recall": f1}
-    return {"key": paper.cell_key(c), **c, "dev": m, "test": m, "epochs": 2, "train_seconds": 10.0,
+    d = m if dev is None else {"f1": dev, "precision": dev, "recall": dev}
+    return {"key": paper.cell_key(c), **c, "dev": d, "test": m, "epochs": 2, "train_seconds": 10.0,
             "tokens_per_second": 100.0, "num_parameters": 10_000_000, "peak_rss_mb": 1.0}
 
 
@@ -52,6 +57,52 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
     assert "| pos | 73.00 | 76.00 | 84.00 (n=3) | 82.00 |" in text
     assert (tmp_path / "paper_depth.png").exists()
     assert "Table II" in text and "No finished cells yet" in text
+
+
+def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch):
+    from training.distill import DistillArgs
+
+    assert paper.DEFAULT_TEACHER_LR == DistillArgs.teacher_lr  # the report names the default the cells ran with
+    cells = paper.expand(paper.GRIDS["teacher_lr"])
+    keys = [paper.cell_key(c) for c in cells]
+    assert keys == ["conll2003/teacher", "conll2003/msd-L3-a0.5-s0-tlr2e-06", "conll2003/msd-L3-a0.5-s0-tlr2e-07"]
+    assert not set(keys[1:]) & {paper.cell_key(c) for c in paper.expand(paper.GRIDS["table1"])}
+
+    class A:
+        data_dir, threads, batch_size, epochs, teacher_epochs = "d", 1, 16, 2, 4
+    seen = []
+
+    def popen(cmd, **kw):  # record the child's command line and stop there
+        seen.append(cmd)
+        raise OSError("not started in this test")
+
+    monkeypatch.setattr(paper, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(paper.subprocess, "Popen", popen)
+    (tmp_path / "runs" / "conll2003").mkdir(parents=True)
+    for c in cells[1:]:
+        with pytest.raises(OSError):
+            paper.run_cell(c, A())
+    assert [cmd[-2:] for cmd in seen] == [["--teacher_lr", "2e-06"], ["--teacher_lr", "2e-07"]]
+
+    # the sweep stays out of the paper's tables and gets its own section, chosen on dev
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    lines = [_line("teacher", 0, 0.90), _line("none", 0, 0.80), _line("pos", 0, 0.81), _line("struct", 0, 0.82),
+             _line("msd", 0, 0.79, dev=0.84), _line("msd", 0, 0.83, teacher_lr=2e-6, dev=0.86),
+             _line("msd", 0, 0.99, teacher_lr=2e-7, dev=0.85)]
+    (tmp_path / "paper_runs.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    (tmp_path / "msd_teacher.json").write_text(json.dumps({"results": [
+        {"run": str(tmp_path / "runs" / lines[5]["key"]), "dataset": "conll2003", "seed": 0, "quiz_split": "holdout",
+         "student_layers": 3, "alpha": 0.5, "teacher_lr": 2e-6, "relative_change": 0.001,
+         "original_f1": {"dev": 0.9, "test": 0.85}, "meta_updated_f1": {"dev": 0.895, "test": 0.84}}]}))
+    text = paper.report(tmp_path / "paper.md")
+    assert "3 layers, alpha 0.5, teacher lr 2e-06: parameters moved by 0.100%" in text
+    assert "| msd | 79.00 (n=1)" in text  # Table I holds the default-lr cell only
+    assert "(7 finished cells)" in text
+    sec = text[text.index("## Beyond the paper: MSD's teacher learning rate"):]
+    assert [l.split(" |")[0] for l in sec.splitlines() if l.startswith("| 2e-0")] == ["| 2e-05", "| 2e-06", "| 2e-07"]
+    assert "| 2e-06 | 86.00 | 83.00 | 90.00 -> 89.50 |" in sec and "| 2e-07 | 85.00 | 99.00 | - |" in sec
+    assert ("Chosen on dev: teacher lr 2e-06 (student dev F1 86.00), test F1 83.00; the same seed's none 80.00, "
+            "pos 81.00, struct 82.00.") in sec  # not the 2e-07 cell with the best test F1
 
 
 def test_conclusion_branches():
