@@ -56,6 +56,9 @@ GRIDS = {  # presets: the issue's deliverables, in order of priority
     # beyond the paper: MSD's teacher learning rate (the grids above use training.distill's default, 2e-5)
     "teacher_lr": dict(datasets=["conll2003"], methods=["msd"], seeds=[0], layers=[3], alphas=[0.5],
                        teacher_lrs=[2e-6, 2e-7]),
+    # ... and the learning rate chosen there on dev (seed 0), on the other seeds, for a paired comparison
+    "teacher_lr_seeds": dict(datasets=["conll2003"], methods=["msd"], seeds=[1, 2], layers=[3], alphas=[0.5],
+                             teacher_lrs="chosen on dev"),
 }
 DEFAULT_TEACHER_LR = 2e-5  # training.distill's --teacher_lr, used by every cell that does not set one
 
@@ -294,8 +297,6 @@ def msd_teacher_lines(ds: str) -> list[str]:
 def verdict(sub: list[dict]) -> list[str]:
     """Plain-words verdict: the gap, the fraction of it each method closes, and MSD's paired per-seed
     differences from the baseline, Pos and Struct, tested against the seed-to-seed spread."""
-    from scipy import stats
-
     t = [r["test"]["f1"] for r in sub if r["method"] == "teacher"]
     base = {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == "none"}
     if not t or not base:
@@ -314,26 +315,33 @@ def verdict(sub: list[dict]) -> list[str]:
             out.append(f"- `{m}` closes {100 * closed:.0f}% of the gap (mean over {len(f)} seed(s); "
                        f"paper: {100 * paper_closed:.0f}%).")
     by = lambda m: {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == m}  # noqa: E731
-    rows, tested = [], {}
-    for other in ("none", "pos", "struct"):
-        a, b = by("msd"), by(other)
-        seeds = sorted(set(a) & set(b))
-        if not seeds:
-            continue
-        d = [100 * (a[s] - b[s]) for s in seeds]
-        mean_d = statistics.fmean(d)
-        sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
-        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
-        tested[other] = Paired(d, p)
-        rows.append(f"| msd − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {mean_d:+.2f} | "
-                    f"{'-' if sd_d != sd_d else f'{sd_d:.2f}'} | {'-' if p != p else f'{p:.3f}'} | "
-                    f"{PAPER[ds]['msd'] - PAPER[ds][other]:+.2f} |")
+    rows, tested = paired_table(by("msd"), {m: by(m) for m in ("none", "pos", "struct")}, ds)
     if rows:
         out += ["", "Paired per-seed differences in test F1 (points; seeds in order). The paired t-test asks "
-                "whether the mean difference stands out from its own seed-to-seed spread:", "",
-                "| comparison | per seed | mean | sd | paired t-test p | paper |", "|---|---|---:|---:|---:|---:|"] + rows
-        out += ["", conclusion(tested, ds)]
+                "whether the mean difference stands out from its own seed-to-seed spread:", "", *rows,
+                "", conclusion(tested, ds)]
     return out + [""]
+
+
+def paired_table(msd: dict, others: dict, ds: str, name: str = "msd") -> tuple[list[str], dict]:
+    """Markdown rows of MSD's paired per-seed test-F1 differences from each of ``others`` ({method: {seed:
+    F1}}; ``msd`` is {seed: F1}) with a paired t-test, and those differences as ``Paired`` by method."""
+    from scipy import stats
+
+    rows, tested = [], {}
+    for other, b in others.items():
+        seeds = sorted(set(msd) & set(b))
+        if not seeds:
+            continue
+        d = [100 * (msd[s] - b[s]) for s in seeds]
+        sd_d = statistics.stdev(d) if len(d) > 1 else float("nan")
+        p = float(stats.ttest_rel([msd[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
+        tested[other] = Paired(d, p)
+        rows.append(f"| {name} − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {statistics.fmean(d):+.2f} | "
+                    f"{'-' if sd_d != sd_d else f'{sd_d:.2f}'} | {'-' if p != p else f'{p:.3f}'} | "
+                    f"{PAPER[ds]['msd'] - PAPER[ds][other]:+.2f} |")
+    head = ["| comparison | per seed | mean | sd | paired t-test p | paper |", "|---|---|---:|---:|---:|---:|"]
+    return (head + rows if rows else []), tested
 
 
 @dataclass
@@ -352,28 +360,31 @@ class Paired:
         return len(self.diffs)
 
 
-def conclusion(tested: dict[str, Paired], ds: str) -> str:
-    """One sentence that answers 'does MSD win here?' from the paired tests against pos and struct."""
+def conclusion(tested: dict[str, Paired], ds: str, name: str = "MSD") -> str:
+    """One sentence that answers 'does MSD (``name``) win here?' from the paired tests against pos and struct."""
     vs = {k: v for k, v in tested.items() if k in ("pos", "struct")}
     if not vs:
-        return "MSD has no finished seed paired with Pos or Struct yet."
+        return f"{name} has no finished seed paired with Pos or Struct yet."
     n = min(v.n for v in vs.values())
     paper = (f"The paper reports {PAPER[ds]['msd'] - PAPER[ds]['pos']:+.2f} vs pos and "
              f"{PAPER[ds]['msd'] - PAPER[ds]['struct']:+.2f} vs struct on this dataset.")
     diffs = " and ".join(f"{v.mean:+.2f} vs {k}" for k, v in vs.items())
     if n < 3:
-        return (f"**So far ({n} seed(s)): MSD {diffs}; too few seeds to separate that from seed noise.** " + paper)
+        return (f"**So far ({n} seed(s)): {name} {diffs}; too few seeds to separate that from seed noise.** " + paper)
     win = all(v.mean > 0 and v.p < 0.05 for v in vs.values())
     lose = any(v.mean < 0 and v.p < 0.05 for v in vs.values())
     if win:
-        head = f"**MSD wins here: {diffs} F1, beyond the seed-to-seed spread (paired t-test p < 0.05).**"
+        head = f"**{name} wins here: {diffs} F1, beyond the seed-to-seed spread (paired t-test p < 0.05).**"
     elif lose:
-        head = f"**MSD does not win here: {diffs} F1, and it is significantly worse than at least one of them.**"
+        head = f"**{name} does not win here: {diffs} F1, and it is significantly worse than at least one of them.**"
     elif all(max(v.diffs) < 0 for v in vs.values()):
-        head = (f"**MSD does not win here: {diffs} F1. It is lower than both on every one of the {n} seeds, "
+        head = (f"**{name} does not win here: {diffs} F1. It is lower than both on every one of the {n} seeds, "
                 "though with so few seeds the paired t-test does not reach p < 0.05.**")
+    elif all(min(v.diffs) > 0 for v in vs.values()):
+        head = (f"**{name} is higher than both on every one of the {n} seeds ({diffs} F1), but with so few seeds "
+                "the paired t-test does not reach p < 0.05: not a demonstrated win.**")
     else:
-        head = (f"**MSD does not win here: {diffs} F1, differences that do not stand out from the seed-to-seed "
+        head = (f"**{name} does not win here: {diffs} F1, differences that do not stand out from the seed-to-seed "
                 "spread (paired t-test p >= 0.05).**")
     return head + " " + paper
 
@@ -446,36 +457,64 @@ def _msd_teacher_rows() -> dict:
     return {r.get("run"): r for r in json.loads(path.read_text())["results"]} if path.exists() else {}
 
 
+def chosen_teacher_lr(rows: list[dict]) -> dict | None:
+    """The seed-0 cell of the ``teacher_lr`` sweep (default learning rate included) with the best student
+    dev F1; None until every learning rate of the sweep has finished."""
+    g = GRIDS["teacher_lr"]
+    cand = {r.get("teacher_lr"): r for r in rows if r["method"] == "msd" and r["dataset"] in g["datasets"]
+            and r["seed"] in g["seeds"] and r["layers"] in g["layers"] and r["alpha"] in g["alphas"]
+            and r.get("quiz_split", "holdout") == "holdout"}
+    if not set(g["teacher_lrs"]) | {None} <= cand.keys():
+        return None
+    return max(cand.values(), key=lambda r: r["dev"]["f1"])
+
+
+def _lr(r: dict) -> float:
+    return r.get("teacher_lr") or DEFAULT_TEACHER_LR
+
+
 def teacher_lr_section(rows: list[dict]) -> list[str]:
-    """Beyond the paper: MSD with other learning rates for the teacher's meta-updates, next to the default
-    cell of the same dataset / seed / depth / alpha. The learning rate is chosen on the students' dev F1;
-    test F1 is read off the chosen cell, with the other methods' cells of the same seed beside it."""
-    sweep = [r for r in rows if r["method"] == "msd" and not paper_setting(r)]
+    """Beyond the paper: MSD with other learning rates for the teacher's meta-updates (``--grid
+    teacher_lr``), next to the default cell. The learning rate is chosen on the students' dev F1 (seed 0);
+    test F1 is read off the chosen cell, and, once ``--grid teacher_lr_seeds`` ran it on the other seeds,
+    compared seed by seed with none / pos / struct."""
+    g = GRIDS["teacher_lr"]
+    ds, seed, layers, alpha = g["datasets"][0], g["seeds"][0], g["layers"][0], g["alphas"][0]
+    plain = [r for r in rows if r["dataset"] == ds and r["layers"] == layers and r["alpha"] == alpha
+             and r.get("quiz_split", "holdout") == "holdout"]
+    msd = sorted((r for r in plain if r["method"] == "msd" and r["seed"] == seed), key=lambda r: -_lr(r))
+    if all(paper_setting(r) for r in msd):
+        return []
     drift = _msd_teacher_rows()
-    out = []
-    for ds, seed, layers, alpha in sorted({(r["dataset"], r["seed"], r["layers"], r["alpha"]) for r in sweep}):
-        same = [r for r in rows if (r["dataset"], r["seed"], r["layers"], r["alpha"]) == (ds, seed, layers, alpha)
-                and r.get("quiz_split", "holdout") == "holdout"]
-        msd = sorted((r for r in same if r["method"] == "msd"), key=lambda r: -(r.get("teacher_lr") or DEFAULT_TEACHER_LR))
-        out += [f"## Beyond the paper: MSD's teacher learning rate ({ds}, seed {seed}, {layers} layers, alpha {alpha})", "",
-                "The teacher's meta-updates use Adam; every other MSD cell in this report uses "
-                f"`--teacher_lr {DEFAULT_TEACHER_LR:g}` (`training.distill`'s default). The learning rate is chosen on the "
-                "students' dev F1; test F1 is read off once. Teacher dev F1 after MSD is from `msd_teacher.md`.", "",
-                "| teacher lr | student dev F1 | student test F1 | teacher dev F1 before -> after MSD |",
-                "|---|---:|---:|---:|"]
-        for r in msd:
-            d = drift.get(str(RUNS / r["key"]))
-            t = f"{100 * d['original_f1']['dev']:.2f} -> {100 * d['meta_updated_f1']['dev']:.2f}" if d else "-"
-            out.append(f"| {r.get('teacher_lr') or DEFAULT_TEACHER_LR:g} | {100 * r['dev']['f1']:.2f} | "
-                       f"{100 * r['test']['f1']:.2f} | {t} |")
-        best = max(msd, key=lambda r: r["dev"]["f1"])
-        others = {r["method"]: r for r in same if r["method"] != "msd" and paper_setting(r)}
-        refs = ", ".join(f"{m} {100 * others[m]['test']['f1']:.2f}" for m in ("none", "pos", "struct") if m in others)
-        out += ["", f"- Chosen on dev: teacher lr {best.get('teacher_lr') or DEFAULT_TEACHER_LR:g} (student dev F1 "
-                f"{100 * best['dev']['f1']:.2f}), test F1 {100 * best['test']['f1']:.2f}"
-                + (f"; the same seed's {refs}." if refs else ".")
-                + " One seed: a difference below the seed-to-seed spread of the tables above says nothing either way.", ""]
-    return out
+    out = [f"## Beyond the paper: MSD's teacher learning rate ({ds}, {layers} layers, alpha {alpha})", "",
+           "The teacher's meta-updates use Adam; every other MSD cell in this report uses "
+           f"`--teacher_lr {DEFAULT_TEACHER_LR:g}` (`training.distill`'s default). The learning rate is chosen on "
+           f"the students' dev F1 at seed {seed}; test F1 is read off once. Teacher dev F1 before -> after MSD is "
+           "from `msd_teacher.md` (the default cell learned from the first training of the teacher, the others "
+           "from a retraining: see Table I).", "",
+           "| teacher lr | student dev F1 | student test F1 | teacher dev F1 before -> after MSD |",
+           "|---|---:|---:|---:|"]
+    for r in msd:
+        d = drift.get(str(RUNS / r["key"]))
+        t = f"{100 * d['original_f1']['dev']:.2f} -> {100 * d['meta_updated_f1']['dev']:.2f}" if d else "-"
+        out.append(f"| {_lr(r):g} | {100 * r['dev']['f1']:.2f} | {100 * r['test']['f1']:.2f} | {t} |")
+    best = chosen_teacher_lr(rows)
+    if best is None:
+        return out + ["", "The sweep is not finished: no learning rate is chosen yet.", ""]
+    same_seed = {r["method"]: r for r in plain if r["seed"] == seed and paper_setting(r) and r["method"] != "msd"}
+    refs = ", ".join(f"{m} {100 * same_seed[m]['test']['f1']:.2f}" for m in ("none", "pos", "struct") if m in same_seed)
+    out += ["", f"- Chosen on dev: teacher lr {_lr(best):g} (student dev F1 {100 * best['dev']['f1']:.2f}), test F1 "
+            f"{100 * best['test']['f1']:.2f}" + (f"; the same seed's {refs}." if refs else ".")]
+    by = lambda pick: {r["seed"]: r["test"]["f1"] for r in plain if pick(r)}  # noqa: E731
+    chosen = by(lambda r: r["method"] == "msd" and r.get("teacher_lr") == best.get("teacher_lr"))
+    if best.get("teacher_lr") is not None and len(chosen) > 1:
+        name = f"msd (teacher lr {_lr(best):g})"
+        table, tested = paired_table(chosen, {m: by(lambda r, m=m: r["method"] == m and paper_setting(r))
+                                              for m in ("none", "pos", "struct")}, ds, name=name)
+        out += ["", f"The chosen learning rate on every seed run so far ({len(chosen)}; `--grid teacher_lr_seeds`), "
+                "paired with the other methods' cells of Table I (seed 0 took part in the choice, so it "
+                "flatters this row a little):", "", *table, "", conclusion(tested, ds, name=f"MSD (teacher lr {_lr(best):g})")]
+    return out + [""]
 
 
 def main(argv=None) -> int:
@@ -506,7 +545,15 @@ def main(argv=None) -> int:
     RUNS.mkdir(parents=True, exist_ok=True)
     cells = []
     for g in args.grid:
-        for c in expand(GRIDS[g]):
+        grid = GRIDS[g]
+        if grid.get("teacher_lrs") == "chosen on dev":
+            best = chosen_teacher_lr(list(finished().values()))
+            if best is None:
+                print(f"error: --grid {g} needs the finished --grid teacher_lr sweep (its learning rate is chosen "
+                      "there on dev)", file=sys.stderr)
+                return 2
+            grid = {**grid, "teacher_lrs": [best.get("teacher_lr")]}
+        for c in expand(grid):
             if cell_key(c) not in {cell_key(x) for x in cells} and (not args.dataset or c["dataset"] in args.dataset):
                 cells.append(c)
     done = finished()

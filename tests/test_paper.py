@@ -59,7 +59,7 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
     assert "Table II" in text and "No finished cells yet" in text
 
 
-def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch):
+def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch, capsys):
     from training.distill import DistillArgs
 
     assert paper.DEFAULT_TEACHER_LR == DistillArgs.teacher_lr  # the report names the default the cells ran with
@@ -103,6 +103,25 @@ def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch):
     assert "| 2e-06 | 86.00 | 83.00 | 90.00 -> 89.50 |" in sec and "| 2e-07 | 85.00 | 99.00 | - |" in sec
     assert ("Chosen on dev: teacher lr 2e-06 (student dev F1 86.00), test F1 83.00; the same seed's none 80.00, "
             "pos 81.00, struct 82.00.") in sec  # not the 2e-07 cell with the best test F1
+    assert "paired with the other methods' cells" not in sec  # one seed of the chosen rate so far
+
+    # the follow-up grid runs the rate chosen on dev on the other seeds; it refuses before the sweep is done
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["--grid", "teacher_lr_seeds", "--data-dir", str(data), "--dry-run"]
+    capsys.readouterr()
+    assert paper.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [  # (no teacher checkpoint here: it would be retrained)
+        "conll2003/teacher", "conll2003/msd-L3-a0.5-s1-tlr2e-06", "conll2003/msd-L3-a0.5-s2-tlr2e-06"]
+    (tmp_path / "paper_runs.jsonl").write_text("\n".join(json.dumps(l) for l in lines[:-1]) + "\n")
+    assert paper.main(argv) == 2 and "needs the finished --grid teacher_lr sweep" in capsys.readouterr().err
+
+    for s, (n, p, st, m) in enumerate([(0.79, 0.80, 0.80, 0.82), (0.805, 0.79, 0.81, 0.83)], start=1):
+        lines += [_line("none", s, n), _line("pos", s, p), _line("struct", s, st), _line("msd", s, m, teacher_lr=2e-6)]
+    (tmp_path / "paper_runs.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    sec = paper.report(tmp_path / "paper.md").split("## Beyond the paper")[1]
+    assert "| msd (teacher lr 2e-06) − pos | +2.00, +2.00, +4.00 | +2.67 |" in sec
+    assert "**MSD (teacher lr 2e-06) is higher than both on every one of the 3 seeds" in sec
 
 
 def test_conclusion_branches():
@@ -117,6 +136,10 @@ def test_conclusion_branches():
     assert "lower than both on every one of the 3 seeds" in below and "significantly" not in below
     mixed = paper.conclusion({"pos": P([0.13, -0.2, -0.23], 0.7), "struct": P([-0.1, -0.3, -0.5], 0.2)}, "conll2003")
     assert "do not stand out" in mixed and "every one" not in mixed
+    above = paper.conclusion({"pos": P([0.7, 0.2, 1.5], 0.2), "struct": P([0.4, 0.1, 0.9], 0.1)}, "conll2003",
+                             name="MSD (teacher lr 2e-06)")
+    assert above.startswith("**MSD (teacher lr 2e-06) is higher than both on every one of the 3 seeds")
+    assert "not a demonstrated win" in above and "wins here" not in above
     few = paper.conclusion({"pos": P([2.0, 2.0], 0.01), "struct": P([2.0, 2.1, 1.9], 0.01)}, "conll2003")
     assert "too few seeds" in few and "wins" not in few
     assert "no finished seed" in paper.conclusion({"none": P([1.0, 1.0, 1.0], 0.1)}, "conll2003")
