@@ -315,7 +315,7 @@ def verdict(sub: list[dict]) -> list[str]:
             out.append(f"- `{m}` closes {100 * closed:.0f}% of the gap (mean over {len(f)} seed(s); "
                        f"paper: {100 * paper_closed:.0f}%).")
     by = lambda m: {r["seed"]: r["test"]["f1"] for r in sub if r["method"] == m}  # noqa: E731
-    rows, tested = paired_table(by("msd"), {m: by(m) for m in ("none", "pos", "struct")}, ds)
+    rows, tested = paired_table(by("msd"), {m: by(m) for m in ("none", "topk", "pos", "struct")}, ds)
     if rows:
         out += ["", "Paired per-seed differences in test F1 (points; seeds in order). The paired t-test asks "
                 "whether the mean difference stands out from its own seed-to-seed spread:", "", *rows,
@@ -502,7 +502,8 @@ def teacher_lr_section(rows: list[dict]) -> list[str]:
     if best is None:
         return out + ["", "The sweep is not finished: no learning rate is chosen yet.", ""]
     same_seed = {r["method"]: r for r in plain if r["seed"] == seed and paper_setting(r) and r["method"] != "msd"}
-    refs = ", ".join(f"{m} {100 * same_seed[m]['test']['f1']:.2f}" for m in ("none", "pos", "struct") if m in same_seed)
+    refs = ", ".join(f"{m} {100 * same_seed[m]['test']['f1']:.2f}" for m in ("none", "topk", "pos", "struct")
+                     if m in same_seed)
     out += ["", f"- Chosen on dev: teacher lr {_lr(best):g} (student dev F1 {100 * best['dev']['f1']:.2f}), test F1 "
             f"{100 * best['test']['f1']:.2f}" + (f"; the same seed's {refs}." if refs else ".")]
     by = lambda pick: {r["seed"]: r["test"]["f1"] for r in plain if pick(r)}  # noqa: E731
@@ -510,7 +511,7 @@ def teacher_lr_section(rows: list[dict]) -> list[str]:
     if best.get("teacher_lr") is not None and len(chosen) > 1:
         name = f"msd (teacher lr {_lr(best):g})"
         table, tested = paired_table(chosen, {m: by(lambda r, m=m: r["method"] == m and paper_setting(r))
-                                              for m in ("none", "pos", "struct")}, ds, name=name)
+                                              for m in ("none", "topk", "pos", "struct")}, ds, name=name)
         out += ["", f"The chosen learning rate on every seed run so far ({len(chosen)}; `--grid teacher_lr_seeds`), "
                 "paired with the other methods' cells of Table I (seed 0 took part in the choice, so it "
                 "flatters this row a little):", "", *table, "", conclusion(tested, ds, name=f"MSD (teacher lr {_lr(best):g})")]

@@ -117,10 +117,12 @@ def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch, capsys):
     assert paper.main(argv) == 2 and "needs the finished --grid teacher_lr sweep" in capsys.readouterr().err
 
     for s, (n, p, st, m) in enumerate([(0.79, 0.80, 0.80, 0.82), (0.805, 0.79, 0.81, 0.83)], start=1):
-        lines += [_line("none", s, n), _line("pos", s, p), _line("struct", s, st), _line("msd", s, m, teacher_lr=2e-6)]
+        lines += [_line("none", s, n), _line("pos", s, p), _line("struct", s, st), _line("msd", s, m, teacher_lr=2e-6),
+                  _line("topk", s, 0.84)]
     (tmp_path / "paper_runs.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     sec = paper.report(tmp_path / "paper.md").split("## Beyond the paper")[1]
     assert "| msd (teacher lr 2e-06) − pos | +2.00, +2.00, +4.00 | +2.67 |" in sec
+    assert "| msd (teacher lr 2e-06) − topk | -2.00, -1.00 | -1.50 |" in sec  # only the seeds topk has
     assert "**MSD (teacher lr 2e-06) is higher than both on every one of the 3 seeds" in sec
 
 
