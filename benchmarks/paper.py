@@ -191,6 +191,7 @@ def report(out_md: Path) -> str:
              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by `python -m benchmarks.paper --report` "
              f"from `{RESULTS}` ({len(swept)} finished cells). Teacher: all-MiniLM-L6-v2 + CRF (6 layers); students: "
              "3 layers initialised from teacher layers [1, 3, 5] unless stated. Paper: BERT-base 12L -> 6L.", ""]
+    header, summary = len(lines), []
     for ds, title in (("conll2003", "Table I: CoNLL-2003 NER"), ("wikiann", "Table II: WikiANN-en NER"),
                       ("conll2000", "Table III: CoNLL-2000 chunking")):
         trainings = [r for r in everything if r["dataset"] == ds and r["method"] == "teacher"]
@@ -217,8 +218,17 @@ def report(out_md: Path) -> str:
                   "alpha 0.5, T 1, Adam(W). `train s` and `tok/s` are as measured per cell, on 2 cores that other "
                   "jobs often shared, with 1 or 2 threads per cell (rows record `threads`, `jobs`): compare methods' "
                   "costs with `distill_cost.md` (all methods in one run) instead.", ""]
-        lines += teacher_lines(trainings, rows) + cost_lines(sub) + verdict(sub) + msd_teacher_lines(ds)
-    lines += depth_alpha_sections(rows) + teacher_lr_section(swept)
+        v = verdict(sub)
+        summary += [f"- {title.split(': ', 1)[1]}: {line}" for line in v if line.startswith("**")]
+        lines += teacher_lines(trainings, rows) + cost_lines(sub) + v + msd_teacher_lines(ds)
+    lines += depth_alpha_sections(rows)
+    tlr = teacher_lr_section(swept)
+    summary += [f"- Figure 4: {line[2:]}" for line in lines if line.startswith("- Spread over alpha")]
+    summary += [f"- Beyond the paper (CoNLL-2003, MSD's teacher learning rate chosen on dev): {line}"
+                for line in tlr if line.startswith("**")]
+    lines += tlr
+    if summary:  # the verdicts, gathered under the header
+        lines[header:header] = ["## Summary", "", *summary, ""]
     text = "\n".join(lines) + "\n"
     out_md.write_text(text)
     return text
@@ -418,6 +428,7 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
         out += [f"## {name}", "", *note, "Test F1, seed 0 unless the cell says n (then the mean over n seeds).", "",
                 f"![{name}]({fname})", "", "| method | " + " | ".join(str(x) for x in xs) + " |",
                 "|---|" + "---:|" * len(xs)]
+        spread = {}
         for m in methods:
             ys, ns = [], []
             for x in xs:
@@ -427,6 +438,14 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
             ax.plot(xs, ys, marker="o", label=m)
             out.append(f"| {m} | " + " | ".join("-" if y != y else f"{y:.2f}" + (f" (n={n})" if n > 1 else "")
                                                 for y, n in zip(ys, ns)) + " |")
+            if all(n for n in ns):
+                spread[m] = max(ys) - min(ys)
+        if xkey == "alpha" and len(spread) == len(methods):
+            least = min(spread, key=spread.get)
+            out += ["", f"- Spread over alpha (highest minus lowest test F1 across alpha {', '.join(map(str, xs))}): " + ", ".join(
+                f"{m} {v:.2f}" for m, v in spread.items()) + f" F1; the least sensitive here is {least}, "
+                "from one seed per point (the seed-to-seed sd at alpha 0.5 is in Table I). The paper says MSD is "
+                "the least sensitive."]
         if teacher:
             ax.axhline(100 * teacher[0], color="gray", ls="--", label="teacher")
         ax.set_xticks(xs)

@@ -35,10 +35,16 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
         lines += [_line("none", s, n), _line("pos", s, p), _line("struct", s, st), _line("msd", s, ms)]
     lines.append(_line("msd", 0, 0.87, quiz="dev"))
     lines += [_line(m, 0, 0.7 + 0.03 * d, layers=d) for m in ("none", "pos", "msd") for d in (1, 2, 4)]
+    lines += [_line(m, 0, f, alpha=a) for m, f in (("pos", 0.83), ("struct", 0.855), ("msd", 0.80)) for a in (0.1, 0.9)]
     (tmp_path / "paper_runs.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     assert set(paper.finished()) == {l["key"] for l in lines}
     text = paper.report(tmp_path / "paper.md")
     assert "| msd | 85.00 ± 1.00 (n=3)" in text
+    summary = text[text.index("## Summary"):text.index("## Table I")]
+    assert "- CoNLL-2003 NER: **MSD does not win here: +1.00 vs pos and +0.00 vs struct F1" in summary
+    # alpha 0.5 is Table I's 3-seed mean: pos 84, struct 85, msd 85; the other alphas one seed each
+    assert ("- Figure 4: Spread over alpha (highest minus lowest test F1 across alpha 0.1, 0.5, 0.9): pos 1.00, "
+            "struct 0.50, msd 5.00 F1; the least sensitive here is struct") in summary
     assert "Teacher-student gap (teacher − mean `none`): 10.00" in text
     assert "`pos` closes 40% of the gap" in text
     assert "| msd − pos | +2.00, +0.00, +1.00 | +1.00 | 1.00 |" in text
