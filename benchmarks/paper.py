@@ -288,10 +288,7 @@ def cost_lines(sub: list[dict]) -> list[str]:
 
 def msd_teacher_lines(ds: str) -> list[str]:
     """How far MSD moved the teacher, from ``python -m benchmarks.msd_teacher`` (when it was run)."""
-    path = RESULTS.parent / "msd_teacher.json"
-    if not path.exists():
-        return []
-    rows = [r for r in json.loads(path.read_text())["results"] if r.get("dataset") == ds]
+    rows = [r for r in _msd_teacher_results() if r.get("dataset") == ds]
     if not rows:
         return []
     out = ["What MSD did to the teacher (`msd_teacher.md`, from `python -m benchmarks.msd_teacher`):", ""]
@@ -470,10 +467,10 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
     return out
 
 
-def _msd_teacher_rows() -> dict:
-    """``benchmarks.msd_teacher`` results by run directory (empty when it was not run)."""
+def _msd_teacher_results() -> list[dict]:
+    """The rows of ``benchmarks.msd_teacher`` (none when it was not run)."""
     path = RESULTS.parent / "msd_teacher.json"
-    return {r.get("run"): r for r in json.loads(path.read_text())["results"]} if path.exists() else {}
+    return json.loads(path.read_text())["results"] if path.exists() else []
 
 
 def chosen_teacher_lr(rows: list[dict]) -> dict | None:
@@ -504,7 +501,7 @@ def teacher_lr_section(rows: list[dict]) -> list[str]:
     msd = sorted((r for r in plain if r["method"] == "msd" and r["seed"] == seed), key=lambda r: -_lr(r))
     if all(paper_setting(r) for r in msd):
         return []
-    drift = _msd_teacher_rows()
+    drift = {r.get("run"): r for r in _msd_teacher_results()}
     out = [f"## Beyond the paper: MSD's teacher learning rate ({ds}, {layers} layers, alpha {alpha})", "",
            "The teacher's meta-updates use Adam; every other MSD cell in this report uses "
            f"`--teacher_lr {DEFAULT_TEACHER_LR:g}` (`training.distill`'s default). The learning rate is chosen on "
