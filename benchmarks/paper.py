@@ -473,14 +473,19 @@ def _msd_teacher_results() -> list[dict]:
     return json.loads(path.read_text())["results"] if path.exists() else []
 
 
-def chosen_teacher_lr(rows: list[dict]) -> dict | None:
-    """The seed-0 cell of the ``teacher_lr`` sweep (default learning rate included) with the best student
-    dev F1; None until every learning rate of the sweep has finished."""
+def _sweep(rows: list[dict]) -> dict:
+    """The seed-0 MSD cells of the ``teacher_lr`` sweep's setting, by teacher lr (None: the default)."""
     g = GRIDS["teacher_lr"]
-    cand = {r.get("teacher_lr"): r for r in rows if r["method"] == "msd" and r["dataset"] in g["datasets"]
+    return {r.get("teacher_lr"): r for r in rows if r["method"] == "msd" and r["dataset"] in g["datasets"]
             and r["seed"] in g["seeds"] and r["layers"] in g["layers"] and r["alpha"] in g["alphas"]
             and r.get("quiz_split", "holdout") == "holdout"}
-    if not set(g["teacher_lrs"]) | {None} <= cand.keys():
+
+
+def chosen_teacher_lr(rows: list[dict]) -> dict | None:
+    """The cell of the ``teacher_lr`` sweep (default learning rate included) with the best student dev F1;
+    None until every learning rate of the sweep has finished."""
+    cand = _sweep(rows)
+    if not set(GRIDS["teacher_lr"]["teacher_lrs"]) | {None} <= cand.keys():
         return None
     return max(cand.values(), key=lambda r: r["dev"]["f1"])
 
@@ -498,7 +503,7 @@ def teacher_lr_section(rows: list[dict]) -> list[str]:
     ds, seed, layers, alpha = g["datasets"][0], g["seeds"][0], g["layers"][0], g["alphas"][0]
     plain = [r for r in rows if r["dataset"] == ds and r["layers"] == layers and r["alpha"] == alpha
              and r.get("quiz_split", "holdout") == "holdout"]
-    msd = sorted((r for r in plain if r["method"] == "msd" and r["seed"] == seed), key=lambda r: -_lr(r))
+    msd = sorted(_sweep(rows).values(), key=lambda r: -_lr(r))
     if all(paper_setting(r) for r in msd):
         return []
     drift = {r.get("run"): r for r in _msd_teacher_results()}
@@ -560,11 +565,12 @@ def main(argv=None) -> int:
         return 2
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RUNS.mkdir(parents=True, exist_ok=True)
+    done = finished()
     cells = []
     for g in args.grid:
         grid = GRIDS[g]
         if grid.get("teacher_lrs") == "chosen on dev":
-            best = chosen_teacher_lr(list(finished().values()))
+            best = chosen_teacher_lr(list(done.values()))
             if best is None:
                 print(f"error: --grid {g} needs the finished --grid teacher_lr sweep (its learning rate is chosen "
                       "there on dev)", file=sys.stderr)
@@ -573,7 +579,6 @@ def main(argv=None) -> int:
         for c in expand(grid):
             if cell_key(c) not in {cell_key(x) for x in cells} and (not args.dataset or c["dataset"] in args.dataset):
                 cells.append(c)
-    done = finished()
     todo = plan(cells, done)
     print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
     if args.dry_run:
