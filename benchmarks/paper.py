@@ -40,6 +40,12 @@ from training import checkpoint as ckpt
 
 RESULTS = Path("benchmarks/results/paper_runs.jsonl")
 RUNS = Path("runs/paper")
+# --budget: where a budget's result lines and run directories live, and its student epochs. ``short`` is the
+# first reproduction (2 student epochs); ``full`` is the paper's budget (10 epochs), in files of its own.
+BUDGETS = {
+    "short": (RESULTS, RUNS, 2),
+    "full": (Path("benchmarks/results/full_runs.jsonl"), Path("runs/full"), 10),
+}
 METHODS = ("none", "topk", "pos", "struct", "msd")
 PAPER = {  # entity F1 on test, from the paper (BERT-base 12L teacher -> 6L students)
     "conll2003": {"teacher": 90.43, "none": 87.40, "topk": 87.83, "pos": 88.05, "struct": 88.54, "msd": 89.34},
@@ -59,6 +65,13 @@ GRIDS = {  # presets: the issue's deliverables, in order of priority
     # ... and the learning rate chosen there on dev (seed 0), on the other seeds, for a paired comparison
     "teacher_lr_seeds": dict(datasets=["conll2003"], methods=["msd"], seeds=[1, 2], layers=[3], alphas=[0.5],
                              teacher_lrs="chosen on dev"),
+    # --budget full: the student's learning rates (encoder, head + CRF), chosen once on dev with the undistilled
+    # student (seed 0), then Table I's baselines at the chosen rates
+    "student_lr": dict(datasets=["conll2003"], methods=["none"], seeds=[0], layers=[3], alphas=[0.5],
+                       student_lrs=[(5e-5, 1e-3), (1e-4, 1e-3), (2e-4, 1e-3), (5e-5, 5e-3), (1e-4, 5e-3), (2e-4, 5e-3)],
+                       budget="full"),
+    "table1_full": dict(datasets=["conll2003"], methods=["none", "topk", "pos", "struct"], seeds=[0, 1, 2], layers=[3],
+                        alphas=[0.5], student_lrs="chosen on dev", budget="full"),
 }
 DEFAULT_TEACHER_LR = 2e-5  # training.distill's --teacher_lr, used by every cell that does not set one
 
@@ -68,7 +81,8 @@ def cell_key(c: dict) -> str:
         return f"{c['dataset']}/teacher"
     q = "" if c.get("quiz_split", "holdout") == "holdout" or c["method"] != "msd" else f"-quiz{c['quiz_split']}"
     lr = f"-tlr{c['teacher_lr']:g}" if c.get("teacher_lr") is not None else ""
-    return f"{c['dataset']}/{c['method']}-L{c['layers']}-a{c['alpha']}-s{c['seed']}{q}{lr}"
+    slr = f"-lr{c['lr']:g}-hlr{c['head_lr']:g}" if c.get("lr") is not None else ""
+    return f"{c['dataset']}/{c['method']}-L{c['layers']}-a{c['alpha']}-s{c['seed']}{q}{lr}{slr}"
 
 
 def paper_setting(r: dict) -> bool:
@@ -130,6 +144,8 @@ def run_cell(cell: dict, args) -> dict:
             cmd += ["--quiz_split", cell.get("quiz_split", "holdout")]
             if cell.get("teacher_lr") is not None:
                 cmd += ["--teacher_lr", str(cell["teacher_lr"])]
+        if cell.get("lr") is not None:
+            cmd += ["--lr", str(cell["lr"]), "--head_lr", str(cell["head_lr"])]
     print(f"[{dt.datetime.now():%H:%M:%S}] {key}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     log = open(RUNS / (key.replace("/", "__") + ".log"), "a")
@@ -167,9 +183,11 @@ def expand(grid: dict) -> list[dict]:
         cells.append({"dataset": ds, "method": "teacher", "seed": 0, "layers": None, "alpha": None})
         # seed-major: one seed of every method first, so a partial grid is already a comparison
         for s, m, l, a in itertools.product(grid["seeds"], grid["methods"], grid["layers"], grid["alphas"]):
-            for q, lr in itertools.product(grid.get("quiz", ["holdout"]), grid.get("teacher_lrs", [None])):
+            for q, lr, slr in itertools.product(grid.get("quiz", ["holdout"]), grid.get("teacher_lrs", [None]),
+                                                grid.get("student_lrs", [None])):
                 cell = {"dataset": ds, "method": m, "seed": s, "layers": l, "alpha": a, "quiz_split": q}
-                cells.append(cell if lr is None else {**cell, "teacher_lr": lr})
+                cell = cell if lr is None else {**cell, "teacher_lr": lr}
+                cells.append(cell if slr is None else {**cell, "lr": slr[0], "head_lr": slr[1]})
     return cells
 
 
@@ -221,7 +239,7 @@ def report(out_md: Path) -> str:
         v = verdict(sub)
         summary += [f"- {title.split(': ', 1)[1]}: {line}" for line in v if line.startswith("**")]
         lines += teacher_lines(trainings, rows) + cost_lines(sub) + v + msd_teacher_lines(ds)
-    lines += depth_alpha_sections(rows)
+    lines += depth_alpha_sections(rows, out_md.stem)
     tlr = teacher_lr_section(swept)
     summary += [f"- Figure 4: {line[2:]}" for line in lines if line.startswith("- Spread over alpha")]
     summary += [f"- Beyond the paper (CoNLL-2003, MSD's teacher learning rate chosen on dev): {line}"
@@ -396,7 +414,7 @@ def conclusion(tested: dict[str, Paired], ds: str, name: str = "MSD") -> str:
     return head + " " + paper
 
 
-def depth_alpha_sections(rows: list[dict]) -> list[str]:
+def depth_alpha_sections(rows: list[dict], stem: str = "paper") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,10 +424,10 @@ def depth_alpha_sections(rows: list[dict]) -> list[str]:
     c = [r for r in rows if r["dataset"] == "conll2003" and r["method"] != "teacher"
          and r.get("quiz_split", "holdout") == "holdout"]
     teacher = [r["test"]["f1"] for r in rows if r["dataset"] == "conll2003" and r["method"] == "teacher"]
-    for name, xkey, methods, fixed, fname in (
+    for name, xkey, methods, fixed, fname in ((n, x, m, f, fn.replace("paper", stem, 1)) for n, x, m, f, fn in (
         ("Figure 3: F1 vs student depth (CoNLL-2003 test)", "layers", ("none", "pos", "msd"), ("alpha", 0.5), "paper_depth.png"),
         ("Figure 4: F1 vs alpha (CoNLL-2003 test, 3 layers)", "alpha", ("pos", "struct", "msd"), ("layers", 3), "paper_alpha.png"),
-    ):
+    )):
         pts = [r for r in c if r[fixed[0]] == fixed[1] and r["method"] in methods]
         xs = sorted({r[xkey] for r in pts})
         if len(xs) < 2:
@@ -490,6 +508,18 @@ def chosen_teacher_lr(rows: list[dict]) -> dict | None:
     return max(cand.values(), key=lambda r: r["dev"]["f1"])
 
 
+def chosen_student_lr(rows: list[dict]) -> tuple[float, float] | None:
+    """The student (encoder, head) learning rates of the finished ``student_lr`` sweep with the best dev F1
+    (never test F1); None until every cell of the sweep has finished."""
+    sweep = GRIDS["student_lr"]
+    want = {cell_key(c) for c in expand(sweep) if c["method"] != "teacher"}
+    done = [r for r in rows if r["key"] in want]
+    if len(done) < len(want):
+        return None
+    best = max(done, key=lambda r: r["dev"]["f1"])
+    return best["lr"], best["head_lr"]
+
+
 def _lr(r: dict) -> float:
     return r.get("teacher_lr") or DEFAULT_TEACHER_LR
 
@@ -545,7 +575,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", action="append", choices=sorted(PAPER),
                     help="only this dataset's cells of the chosen grids (repeatable)")
     ap.add_argument("--data-dir", default="../shared/data")
-    ap.add_argument("--epochs", type=int, default=2, help="student epochs per cell")
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="short",
+                    help="short: the first reproduction (2 student epochs, paper_runs.jsonl, runs/paper); full: the "
+                         "paper's budget (10 epochs, full_runs.jsonl, runs/full)")
+    ap.add_argument("--epochs", type=int, default=None, help="student epochs per cell (default: the budget's)")
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per cell")
@@ -555,8 +588,12 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="list the cells still to run")
     args = ap.parse_args(argv)
+    global RESULTS, RUNS
+    if args.budget != "short":  # (the short budget's paths are the module's own, which tests patch)
+        RESULTS, RUNS, _ = BUDGETS[args.budget]
+    args.epochs = args.epochs or BUDGETS[args.budget][2]
     if args.report:
-        print(report(RESULTS.parent / "paper.md"))
+        print(report(RESULTS.parent / ("paper.md" if args.budget == "short" else f"{args.budget}.md")))
         return 0
     if not args.grid:
         ap.error("give --grid (one or more of %s) or --report" % ", ".join(sorted(GRIDS)))
@@ -569,6 +606,16 @@ def main(argv=None) -> int:
     cells = []
     for g in args.grid:
         grid = GRIDS[g]
+        if grid.get("budget", "short") != args.budget:
+            print(f"error: --grid {g} belongs to --budget {grid.get('budget', 'short')}", file=sys.stderr)
+            return 2
+        if grid.get("student_lrs") == "chosen on dev":
+            best = chosen_student_lr(list(done.values()))
+            if best is None:
+                print(f"error: --grid {g} needs the finished --grid student_lr sweep (the student's learning rates "
+                      "are chosen there on dev)", file=sys.stderr)
+                return 2
+            grid = {**grid, "student_lrs": [best]}
         if grid.get("teacher_lrs") == "chosen on dev":
             best = chosen_teacher_lr(list(done.values()))
             if best is None:

@@ -282,3 +282,52 @@ def test_dataset_filter_restricts_the_grid(tmp_path, monkeypatch, capsys):
     assert paper.main(["--grid", "tables23", "--dataset", "wikiann", "--data-dir", str(tmp_path), "--dry-run"]) == 0
     keys = capsys.readouterr().out.splitlines()[1:]
     assert keys[0] == "wikiann/teacher" and len(keys) == 16 and all(k.startswith("wikiann/") for k in keys)
+
+
+def test_full_budget_student_lr_sweep_keys_and_choice():
+    """The full budget's student-lr sweep: keys carry the rates, the choice is by dev F1 only and waits for the
+    whole sweep, and the chosen rates reach training.distill's command line."""
+    cells = [c for c in paper.expand(paper.GRIDS["student_lr"]) if c["method"] != "teacher"]
+    keys = [paper.cell_key(c) for c in cells]
+    assert "conll2003/none-L3-a0.5-s0-lr0.0001-hlr0.005" in keys and len(set(keys)) == 6
+    rows = []
+    for i, c in enumerate(cells):
+        dev, test = 0.80 + 0.01 * i, 0.90 - 0.01 * i  # the best dev F1 has the worst test F1
+        rows.append({"key": paper.cell_key(c), **c, "dev": {"f1": dev}, "test": {"f1": test}})
+    assert paper.chosen_student_lr(rows[:-1]) is None  # sweep unfinished
+    assert paper.chosen_student_lr(rows) == (cells[-1]["lr"], cells[-1]["head_lr"])
+
+
+def test_full_budget_grid_refuses_before_sweep_and_other_budget(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(paper.BUDGETS, "full", (tmp_path / "full_runs.jsonl", tmp_path / "runs", 10))
+    monkeypatch.setattr(paper, "RESULTS", paper.RESULTS)
+    monkeypatch.setattr(paper, "RUNS", paper.RUNS)
+    assert paper.main(["--budget", "full", "--grid", "table1_full", "--data-dir", str(tmp_path)]) == 2
+    assert "needs the finished --grid student_lr sweep" in capsys.readouterr().err
+    assert paper.main(["--grid", "table1_full", "--data-dir", str(tmp_path)]) == 2  # a full grid under --budget short
+    assert "belongs to --budget full" in capsys.readouterr().err
+    assert paper.main(["--budget", "full", "--grid", "student_lr", "--data-dir", str(tmp_path), "--dry-run"]) == 0
+    assert "conll2003/none-L3-a0.5-s0-lr0.0002-hlr0.001" in capsys.readouterr().out
+
+
+def test_run_cell_passes_student_lrs(tmp_path, monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_popen(cmd, **kw):
+        seen["cmd"] = cmd
+        raise Stop
+
+    monkeypatch.setattr(paper, "RUNS", tmp_path)
+    monkeypatch.setattr(paper.subprocess, "Popen", fake_popen)
+    (tmp_path / "conll2003").mkdir()
+    cell = {"dataset": "conll2003", "method": "none", "seed": 0, "layers": 3, "alpha": 0.5, "quiz_split": "holdout",
+            "lr": 2e-4, "head_lr": 5e-3}
+    args = type("A", (), {"data_dir": "d", "threads": 1, "batch_size": 16, "epochs": 10, "teacher_epochs": 4})()
+    with pytest.raises(Stop):
+        paper.run_cell(cell, args)
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--lr") + 1] == "0.0002" and cmd[cmd.index("--head_lr") + 1] == "0.005"
+    assert cmd[cmd.index("--epochs") + 1] == "10"
