@@ -82,7 +82,8 @@ def cell_key(c: dict) -> str:
     q = "" if c.get("quiz_split", "holdout") == "holdout" or c["method"] != "msd" else f"-quiz{c['quiz_split']}"
     lr = f"-tlr{c['teacher_lr']:g}" if c.get("teacher_lr") is not None else ""
     slr = f"-lr{c['lr']:g}-hlr{c['head_lr']:g}" if c.get("lr") is not None else ""
-    return f"{c['dataset']}/{c['method']}-L{c['layers']}-a{c['alpha']}-s{c['seed']}{q}{lr}{slr}"
+    name = c.get("variant") or c["method"]  # a variant: a method with extra flags (``flags``), e.g. a recipe
+    return f"{c['dataset']}/{name}-L{c['layers']}-a{c['alpha']}-s{c['seed']}{q}{lr}{slr}"
 
 
 def paper_setting(r: dict) -> bool:
@@ -146,6 +147,7 @@ def run_cell(cell: dict, args) -> dict:
                 cmd += ["--teacher_lr", str(cell["teacher_lr"])]
         if cell.get("lr") is not None:
             cmd += ["--lr", str(cell["lr"]), "--head_lr", str(cell["head_lr"])]
+        cmd += list(cell.get("flags", ()))
     print(f"[{dt.datetime.now():%H:%M:%S}] {key}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     log = open(RUNS / (key.replace("/", "__") + ".log"), "a")
@@ -185,7 +187,10 @@ def expand(grid: dict) -> list[dict]:
         for s, m, l, a in itertools.product(grid["seeds"], grid["methods"], grid["layers"], grid["alphas"]):
             for q, lr, slr in itertools.product(grid.get("quiz", ["holdout"]), grid.get("teacher_lrs", [None]),
                                                 grid.get("student_lrs", [None])):
-                cell = {"dataset": ds, "method": m, "seed": s, "layers": l, "alpha": a, "quiz_split": q}
+                # a method, or a variant (name, method, extra training.distill flags)
+                v = {} if isinstance(m, str) else {"variant": m[0], "flags": list(m[2])}
+                cell = {"dataset": ds, "method": m if isinstance(m, str) else m[1], "seed": s, "layers": l, "alpha": a,
+                        "quiz_split": q, **v}
                 cell = cell if lr is None else {**cell, "teacher_lr": lr}
                 cells.append(cell if slr is None else {**cell, "lr": slr[0], "head_lr": slr[1]})
     return cells
@@ -593,7 +598,16 @@ def main(argv=None) -> int:
         RESULTS, RUNS, _ = BUDGETS[args.budget]
     args.epochs = args.epochs or BUDGETS[args.budget][2]
     if args.report:
-        print(report(RESULTS.parent / ("paper.md" if args.budget == "short" else f"{args.budget}.md")))
+        if args.budget == "short":
+            print(report(RESULTS.parent / "paper.md"))
+            return 0
+        from benchmarks import full_report
+
+        rows = list(finished().values())
+        sweep = {cell_key(c) for c in expand(GRIDS["student_lr"]) if c["method"] != "teacher"}
+        text = full_report.report(rows, sweep, chosen_student_lr(rows), RESULTS)
+        (RESULTS.parent / "full.md").write_text(text)
+        print(text)
         return 0
     if not args.grid:
         ap.error("give --grid (one or more of %s) or --report" % ", ".join(sorted(GRIDS)))

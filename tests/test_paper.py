@@ -331,3 +331,28 @@ def test_run_cell_passes_student_lrs(tmp_path, monkeypatch):
     cmd = seen["cmd"]
     assert cmd[cmd.index("--lr") + 1] == "0.0002" and cmd[cmd.index("--head_lr") + 1] == "0.005"
     assert cmd[cmd.index("--epochs") + 1] == "10"
+
+
+def test_variants_and_full_report(tmp_path, monkeypatch):
+    """A variant (a method with extra flags) gets its own key and passes its flags; the full report picks the
+    chosen learning rates, computes the share of the gap and says whether the target is met."""
+    grid = dict(datasets=["conll2003"], methods=["none", ("recipe", "pos", ["--recipe", "best"])], seeds=[0, 1],
+                layers=[3], alphas=[0.5], student_lrs=[(1e-4, 1e-3)])
+    cells = paper.expand(grid)
+    rec = [c for c in cells if c.get("variant") == "recipe"]
+    assert paper.cell_key(rec[0]) == "conll2003/recipe-L3-a0.5-s0-lr0.0001-hlr0.001"
+    assert rec[0]["method"] == "pos" and rec[0]["flags"] == ["--recipe", "best"]
+    from benchmarks import full_report
+
+    def row(c, test, dev=0.5):
+        return {"key": paper.cell_key(c), **c, "dev": {"f1": dev}, "test": {"f1": test}, "epochs": 10,
+                "num_parameters": 1e7, "num_layers": 3 if c["method"] != "teacher" else 6, "train_seconds": 5.0,
+                "best_epoch": 9}
+
+    rows = [row(cells[0], 0.90)] + [row(c, {"none": 0.80 + 0.01 * c["seed"], "pos": 0.88 + 0.02 * c["seed"]}[c["method"]])
+                                for c in cells[1:]]
+    text = full_report.report(rows, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
+    assert "| recipe | 89.00 ± 1.41 (n=2) | 50.00 ± 0.00 (n=2) | 89% |" in text  # (89 - 80.5) / (90 - 80.5)
+    assert "closes 89% of the gap; target 75%: **met**" in text
+    assert "| recipe − none | +8.00, +9.00 | +8.50 |" in text
+    assert "CoNLL-2003, 2 layers: target 50% of the gap: not measured" not in text  # no 2-layer cells at all

@@ -1,0 +1,147 @@
+"""The full-budget report (``python -m benchmarks.paper --budget full --report`` -> ``full.md``).
+
+What a user who must ship a student wants to know, from ``full_runs.jsonl``: the student learning rates chosen on
+dev, then per dataset and depth the teacher, the undistilled baseline and every distilled variant (mean test F1
+over seeds, dev F1, the share of the teacher-student gap each closes, paired per-seed differences from the
+baseline and from the best single KD method), the cost per cell, and the issue's targets, met or not.
+
+Model selection is on dev only: the learning rates by the sweep's dev F1, each cell's checkpoint by its best dev
+epoch; test F1 is read once per cell.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+
+SINGLE_KD = ("topk", "pos", "struct")
+TARGETS = {3: 0.75, 2: 0.50}  # share of the teacher-student gap the best student of that depth should close
+
+
+def name(r: dict) -> str:
+    """A row's variant name: the recipe name for recipe cells, else the method."""
+    return r.get("variant") or r["method"]
+
+
+def _mean(xs) -> float:
+    return statistics.fmean(xs)
+
+
+def _f1(rs, split="test") -> list[float]:
+    return [100 * r[split]["f1"] for r in rs]
+
+
+def _ms(xs) -> str:
+    if not xs:
+        return "-"
+    return f"{_mean(xs):.2f} ± {statistics.stdev(xs):.2f} (n={len(xs)})" if len(xs) > 1 else f"{xs[0]:.2f} (n=1)"
+
+
+def sweep_section(rows: list[dict], sweep_keys: set[str], chosen) -> list[str]:
+    cells = sorted((r for r in rows if r["key"] in sweep_keys), key=lambda r: (r["lr"], r["head_lr"]))
+    if not cells:
+        return []
+    out = ["## Student learning rates, chosen on dev", "",
+           f"Undistilled 3-layer student (`none`, seed 0, {cells[0]['epochs']} epochs) on CoNLL-2003 dev, "
+           f"{len(cells)} of {len(sweep_keys)} cells finished:", "",
+           "| encoder lr | head + CRF lr | dev F1 | best epoch |", "|---:|---:|---:|---:|"]
+    for r in cells:
+        mark = " **(chosen)**" if chosen and (r["lr"], r["head_lr"]) == tuple(chosen) else ""
+        out.append(f"| {r['lr']:g} | {r['head_lr']:g} | {100 * r['dev']['f1']:.2f}{mark} | {r.get('best_epoch')} |")
+    if chosen:
+        out += ["", f"Every other full-budget cell trains its student at encoder lr {chosen[0]:g}, head + CRF lr "
+                f"{chosen[1]:g}. The sweep's test F1 is not shown: only the chosen cell is a table cell."]
+    return out + [""]
+
+
+def paired(a: dict, b: dict) -> tuple[list[float], float]:
+    """Per-seed differences a - b (F1 points, seeds in order) and the paired t-test p (nan below 2 seeds)."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    d = [100 * (a[s] - b[s]) for s in seeds]
+    p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
+    return d, p
+
+
+def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict]) -> tuple[list[str], dict]:
+    """One table for one dataset and student depth; returns its lines and {variant: share of the gap closed}."""
+    by: dict[str, list[dict]] = {}
+    for r in cells:
+        by.setdefault(name(r), []).append(r)
+    out = [f"### {ds}, {layers}-layer students", "",
+           "| model | test F1 (mean ± std) | dev F1 | share of the gap closed | params (M) | train s / cell | best epochs |",
+           "|---|---|---|---:|---:|---:|---|"]
+    if teacher:
+        out.append(f"| teacher ({teacher['num_layers']} layers) | {100 * teacher['test']['f1']:.2f} | "
+                   f"{100 * teacher['dev']['f1']:.2f} | | {teacher['num_parameters'] / 1e6:.1f} | | |")
+    base = by.get("none", [])
+    gap = (100 * teacher["test"]["f1"] - _mean(_f1(base))) if teacher and base else None
+    shares = {}
+    for n in ["none", *sorted(k for k in by if k != "none")]:
+        rs = by.get(n)
+        if not rs:
+            continue
+        share = ""
+        if gap and n != "none":
+            shares[n] = (_mean(_f1(rs)) - _mean(_f1(base))) / gap
+            share = f"{100 * shares[n]:.0f}%"
+        secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
+        out.append(f"| {n} | {_ms(_f1(rs))} | {_ms(_f1(rs, 'dev'))} | {share} | {rs[0]['num_parameters'] / 1e6:.1f} | "
+                   f"{_mean(secs):.0f} | {', '.join(str(r.get('best_epoch')) for r in sorted(rs, key=lambda r: r['seed']))} |"
+                   if secs else f"| {n} | {_ms(_f1(rs))} | {_ms(_f1(rs, 'dev'))} | {share} | | | |")
+    if gap is not None:
+        out += ["", f"Gap between the teacher and the undistilled student (mean over {len(base)} seed(s)): "
+                f"{gap:.2f} F1 points."]
+    seeds = lambda n: {r["seed"]: r["test"]["f1"] for r in by.get(n, [])}  # noqa: E731
+    singles = [n for n in SINGLE_KD if n in by]
+    best_single = max(singles, key=lambda n: _mean(_f1(by[n]))) if singles else None
+    rows = []
+    for n in sorted(by):
+        if n == "none":
+            continue
+        for other in ("none", best_single):
+            if other and other != n:
+                d, p = paired(seeds(n), seeds(other))
+                if len(d) > 1:
+                    rows.append(f"| {n} − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {_mean(d):+.2f} | {p:.3f} |")
+    if rows:
+        best = f" (best single KD method: `{best_single}`)" if best_single else ""
+        out += ["", f"Paired per-seed differences in test F1{best}:", "",
+                "| comparison | per seed | mean | paired t-test p |", "|---|---|---:|---:|", *rows]
+    return out + [""], shares
+
+
+def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
+    """``rows``: the latest row per cell key; ``sweep_keys``: the student-lr sweep's keys; ``chosen``: its
+    (encoder lr, head lr) or None while it runs."""
+    lines = ["# Students at the paper's budget", "",
+             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by "
+             f"`python -m benchmarks.paper --budget full --report` from `{results_path}` ({len(rows)} finished cells). "
+             "Teacher: all-MiniLM-L6-v2 + CRF (6 layers); students initialised from evenly spaced teacher layers. "
+             "Grid: `python -m benchmarks.paper --budget full --grid ... --data-dir ../shared/data --jobs 2 --threads 1` "
+             "on a 2-core machine (per-cell times are with two cells sharing it).", ""]
+    summary: list[str] = []
+    body = sweep_section(rows, sweep_keys, chosen)
+    teachers = {r["dataset"]: r for r in rows if r["method"] == "teacher"}
+    table_rows = [r for r in rows if r["method"] != "teacher" and r.get("alpha") == 0.5
+                  and (r["key"] not in sweep_keys or (chosen and (r["lr"], r["head_lr"]) == tuple(chosen)))]
+    for ds in sorted({r["dataset"] for r in table_rows}):
+        body += [f"## {ds}", ""]
+        for layers in sorted({r["layers"] for r in table_rows if r["dataset"] == ds}, reverse=True):
+            sec, shares = depth_section(ds, layers, teachers.get(ds),
+                                        [r for r in table_rows if r["dataset"] == ds and r["layers"] == layers])
+            body += sec
+            if ds == "conll2003" and layers in TARGETS:
+                want = TARGETS[layers]
+                if shares:
+                    best = max(shares, key=shares.get)
+                    met = "met" if shares[best] >= want else "not met"
+                    summary.append(f"- CoNLL-2003, {layers} layers: the best student (`{best}`) closes "
+                                   f"{100 * shares[best]:.0f}% of the gap; target {100 * want:.0f}%: **{met}**.")
+                else:
+                    summary.append(f"- CoNLL-2003, {layers} layers: target {100 * want:.0f}% of the gap: not measured "
+                                   "yet (needs the undistilled baseline and a distilled student at this depth).")
+    if summary:
+        lines += ["## Targets", "", *summary, ""]
+    return "\n".join(lines + body) + "\n"
