@@ -131,6 +131,15 @@ class TagArgs:
             raise UsageError(f"--on-error must be skip or stop, got {self.on_error!r}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite exclude each other")
+        if not self.input.exists():
+            raise UsageError(f"{self.input}: no such input file")
+        if not self.input.is_file():
+            raise UsageError(f"{self.input}: not a file")
+        try:
+            with open(self.input, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise UsageError(f"{self.input}: cannot read: {e.strerror}") from None
         if self.format is None:
             self.format = EXTENSIONS.get(self.input.suffix.lower())
             if self.format is None:
@@ -143,15 +152,6 @@ class TagArgs:
                                                  "conll" if self.format == "conll" else "jsonl")
         if self.out_format not in OUT_FORMATS:
             raise UsageError(f"--out-format must be jsonl or conll, got {self.out_format!r}")
-        if not self.input.exists():
-            raise UsageError(f"{self.input}: no such input file")
-        if not self.input.is_file():
-            raise UsageError(f"{self.input}: not a file")
-        try:
-            with open(self.input, "rb") as f:
-                f.read(1)
-        except OSError as e:
-            raise UsageError(f"{self.input}: cannot read: {e.strerror}") from None
         if self.out.exists() and self.out.resolve() == self.input.resolve():
             raise UsageError(f"{self.out}: the output would overwrite the input")
         if self.out.is_dir():
