@@ -489,7 +489,7 @@ def main(argv=None) -> int:
     global _ENGINE
     ns = build_parser().parse_args(argv)
     try:
-        a = TagArgs(**{k: v for k, v in vars(ns).items()})
+        a = TagArgs(**vars(ns))
         state = prepare_output(a)
     except UsageError as e:
         return _error(str(e))
