@@ -391,3 +391,22 @@ def test_tag_cli_is_torch_free(export_dir, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(read_jsonl(out)) == 1
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_tag_bench_tiny(export_dir, tmp_path, capsys):
+    from benchmarks import tag_bench
+
+    assert tag_bench.main(["--export", str(export_dir), "--data-dir", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "res")]) == 0
+    assert "skipped" in capsys.readouterr().err and not (tmp_path / "res").exists()
+    data = tmp_path / "data" / "conll2003"
+    data.mkdir(parents=True)
+    (data / "test.txt").write_text(CONLL, encoding="utf-8")
+    assert tag_bench.main(["--export", str(export_dir), "--data-dir", str(tmp_path / "data"), "--sentences", "40",
+                           "--workers", "1", "--out", str(tmp_path / "res")]) == 0
+    rep = json.loads((tmp_path / "res" / "tag.json").read_text())
+    assert [(r["corpus"], r["sentences"], r["documents"], r["workers"]) for r in rep["results"]] == [
+        ("full", 40, 40, 1), ("tenth", 4, 4, 1)]
+    assert all(r["peak_rss_tree_bytes"] > 10 * 2**20 for r in rep["results"])
+    assert "| full | 40 |" in (tmp_path / "res" / "tag.md").read_text()
