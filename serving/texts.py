@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL_TEST = ROOT.parent / "shared" / "data" / "conll2003" / "test.txt"
@@ -35,21 +36,31 @@ BUILTIN = [
 ]
 
 
+def conll_blocks(lines: Iterable, text: Callable = str) -> Iterator[tuple[str, list]]:
+    """Stream the blocks of a CoNLL file: ``("sentence", items)`` for a run of non-blank lines
+    (words in the first column) and ``("docstart", [item])`` for a ``-DOCSTART-`` line; blank lines
+    only separate blocks and are dropped. ``lines`` may hold any items, ``text(item)`` giving the
+    line (:mod:`serving.tag` passes ``(line number, text, byte offset)`` tuples). A generator:
+    memory is one sentence, whatever the file's size."""
+    block: list = []
+    for item in lines:
+        fields = text(item).split()
+        if fields and fields[0] != "-DOCSTART-":
+            block.append(item)
+            continue
+        if block:
+            yield "sentence", block
+            block = []
+        if fields:
+            yield "docstart", [item]
+    if block:
+        yield "sentence", block
+
+
 def read_conll_words(path: str | Path) -> list[list[str]]:
     """First column of a CoNLL file, one list of words per sentence (``-DOCSTART-`` skipped)."""
-    sentences, cur = [], []
     with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            fields = line.split()
-            if not fields or fields[0] == "-DOCSTART-":
-                if cur:
-                    sentences.append(cur)
-                    cur = []
-                continue
-            cur.append(fields[0])
-    if cur:
-        sentences.append(cur)
-    return sentences
+        return [[line.split()[0] for line in block] for kind, block in conll_blocks(f) if kind == "sentence"]
 
 
 def _spread(items: list, n: int) -> list:

