@@ -160,6 +160,18 @@ def _weights_size(directory: Path) -> int:
                if (directory / f).is_file())
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process: ``VmHWM`` (it starts afresh at exec; ``ru_maxrss``
+    keeps the high-water mark of the parent that forked us), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
 def _pct(values, q):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))] if v else None
@@ -193,7 +205,7 @@ def run_worker(cfg: dict) -> dict:
         throughput[str(bs)] = {"seconds": round(dt, 3), "sentences_per_s": round(len(texts) / dt, 2),
                                "words_per_s": round(n_words / dt, 1)}
         predictions = preds
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    peak = peak_rss_bytes()
     out = {"kind": cfg["kind"], "load_seconds": round(load_s, 2), "model_bytes": size, "peak_rss_bytes": peak,
            "latency_ms": {"p50": round(_pct(lat, 50), 3), "p95": round(_pct(lat, 95), 3),
                           "p99": round(_pct(lat, 99), 3), "mean": round(sum(lat) / len(lat), 3), "n": len(lat)},
