@@ -308,9 +308,9 @@ def plot(report: dict, path: Path) -> bool:
         if sel:
             ax.scatter([p["throughput"]["32"]["sentences_per_s"] for p in sel], [100 * p["f1"] for p in sel],
                        marker=markers[prec], s=50, label=prec, zorder=3)
-    for p in pts:
+    for p in pts:  # fp32 labels above, int8 below: the two precisions of one run often sit close
         ax.annotate(_point_label(p), (p["throughput"]["32"]["sentences_per_s"], 100 * p["f1"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+                    textcoords="offset points", xytext=(5, 4 if p["precision"] == "fp32" else -11), fontsize=8)
     ref = report.get("reference")
     if ref and "error" not in ref and ref.get("f1") is not None:
         x = ref["throughput"]["32"]["sentences_per_s"]

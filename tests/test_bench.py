@@ -50,10 +50,10 @@ def test_bench_sweep_tiny(export_dir, tmp_path):
 
     out = tmp_path / "sweep"
     rc = bench.main([str(export_dir), "--sweep", "--texts", "4", "--latency-texts", "2", "--threads", "1",
-                     "--gemm-seconds", "0", "--only", "int8,defaults,io_binding=on", "--out", str(out)])
+                     "--gemm-seconds", "0", "--only", "int8,io_binding=on", "--out", str(out)])
     assert rc == 0
     rep = json.loads((tmp_path / "sweep.json").read_text())
-    assert list(rep["sweep"]) == ["int8"] and set(rep["sweep"]["int8"]) == {"defaults", "io_binding=on"}
+    assert list(rep["sweep"]) == ["int8"] and set(rep["sweep"]["int8"]) == {"io_binding=on"}
     assert rep["variants"]["io_binding=on"]["ort"] == {"io_binding": True}
     assert all("error" not in r and r["throughput"]["32"]["sentences_per_s"] > 0 for r in rep["sweep"]["int8"].values())
     assert "io_binding=on" in (tmp_path / "sweep.md").read_text()

@@ -66,10 +66,13 @@ def test_frontier_end_to_end(grid, toy_data_dir, tmp_path, capsys):
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     man = json.loads((grid / "students" / "L1" / frontier.CACHE_DIR / "manifest.json").read_text())
     assert man["quantization"]["int8"]["calibration"]["sentences"] == 8 and man["frontier"]["precisions"] == ["fp32", "int8"]
-    # a second run reuses the cached exports
-    capsys.readouterr()
-    assert frontier.main(_args(grid, toy_data_dir, tmp_path / "again", "--gemm-seconds", "0")) == 0
-    assert capsys.readouterr().out.count("export reused") == 3
+    # the cached exports are reused while the checkpoint and the settings match, redone when they change
+    args = frontier.build_parser().parse_args(_args(grid, toy_data_dir, out))
+    run = frontier.describe_run(grid / "students" / "L1")
+    assert frontier.cached_export(run, ["fp32", "int8"], args) == (grid / "students" / "L1" / frontier.CACHE_DIR, True)
+    assert frontier.cached_export(run, ["fp32"], args)[1] is True
+    args.calibration_size = 9
+    assert frontier.cached_export(run, ["fp32", "int8"], args)[1] is False
 
 
 @pytest.mark.parametrize("case", ["missing_run", "glob_nothing", "missing_depth", "no_calibration", "bad_precision",
