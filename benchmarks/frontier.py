@@ -165,9 +165,10 @@ def cached_export(run: dict, precisions, args, quiet: bool = True) -> tuple[Path
     out = Path(run["run"]) / CACHE_DIR if Path(run["run"]) != run["checkpoint"] else \
         run["checkpoint"].with_name(run["checkpoint"].name + "-" + CACHE_DIR)
     quantize = [p for p in precisions if p in fmt.QUANTIZED]
+    keep = list(exp.DEFAULT_KEEP_FP32) if args.int8_keep_fp32 is None else [k for k in args.int8_keep_fp32 if k]
     key = {"precisions": sorted(precisions), "optimize": bool(args.optimize),
            "calibration": None if "int8" not in quantize else {
-               "size": args.calibration_size, "method": args.calibration_method,
+               "size": args.calibration_size, "keep_fp32": keep,
                "file": str(Path(args.calibration).resolve()) if args.calibration else None,
                "dataset": None if args.calibration else args.dataset, "data_dir": args.data_dir}}
     if (out / fmt.MANIFEST).is_file():
@@ -183,8 +184,7 @@ def cached_export(run: dict, precisions, args, quiet: bool = True) -> tuple[Path
             return out, True
     exp.export(run["checkpoint"], out=out, quantize=quantize or None, optimize=args.optimize, quiet=quiet,
                calibration=args.calibration, calibration_dataset=None if args.calibration else args.dataset,
-               data_dir=args.data_dir, calibration_size=args.calibration_size,
-               calibration_method=args.calibration_method)
+               data_dir=args.data_dir, calibration_size=args.calibration_size, keep_fp32=keep)
     man = json.loads((out / fmt.MANIFEST).read_text())  # record the cache key
     man["frontier"] = key
     from training import checkpoint as ckpt
@@ -208,7 +208,7 @@ def engine_f1(export_dir: Path, precision: str, sentences, threads: int, device:
 
 # --------------------------------------------------------------------------- report
 def _point_label(p: dict) -> str:
-    who = "teacher" if p["kind"] == "teacher" else f"L{p['depth']}"
+    who = "teacher" if p["kind"] == "teacher" else f"L{p['depth']}" + (f" {p['method']}" if p.get("method") else "")
     return f"{who} {p['precision']}"
 
 
@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--optimize", action="store_true", help="export with ONNX Runtime's transformer fusions")
     ap.add_argument("--calibration", default=None, help="static int8 calibration sentences (default: train split)")
     ap.add_argument("--calibration-size", type=int, default=256)
-    ap.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    ap.add_argument("--int8-keep-fp32", action="append", default=None, metavar="REGEX",
+                    help="static int8: node-name patterns left in fp32 (default: export.onnx's)")
     ap.add_argument("--texts", type=int, default=500, help="sentences for the speed measurements")
     ap.add_argument("--latency-texts", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+
     from serving import bench
     from serving.texts import _spread
 
@@ -443,7 +445,7 @@ def main(argv=None) -> int:
         "texts": {"n": len(texts), "words": n_words}, "latency_texts": min(args.latency_texts, len(texts)),
         "precisions": precisions,
         "calibration": "n/a" if calib is None else (
-            f"{calib.get('sentences')} sentences, {args.calibration_method}, " +
+            f"{calib.get('sentences')} sentences, min-max, " +
             (f"file {calib.get('file')}" if calib.get("source") == "file" else
              f"train split of {calib.get('dataset')} (random sample, seed 0)")),
         "gemm_limits": limits, "points": points, "reference": ref,

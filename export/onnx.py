@@ -3,7 +3,7 @@
     python -m export.onnx RUN_OR_CHECKPOINT [--out DIR] [--opset N] [--optimize] [--max-length 128]
                           [--quantize int8] [--quantize int8-dynamic]
                           [--calibration FILE | --calibration-dataset NAME [--data-dir D]]
-                          [--calibration-size 256] [--calibration-method minmax|entropy|percentile]
+                          [--calibration-size 256] [--int8-keep-fp32 REGEX ...]
 
 The encoder + token-classification head (a plain ``AutoModelForTokenClassification`` folder) is
 exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
@@ -55,6 +55,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import time
@@ -123,7 +124,13 @@ def _is_within(a: Path, b: Path) -> bool:
         return False
 
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# ONNX Runtime's histogram calibrators (entropy, percentile) fail on calibration inputs of varied
+# lengths (onnxruntime 1.32: "inhomogeneous shape" in collect_absolute_value): min-max only
+CALIBRATION_METHODS = ("minmax",)
+# MatMuls left in fp32 by static int8 (regular expressions on node names): the feed-forward
+# down-projection, whose input (the GELU output) has the heavy tail that a per-tensor uint8 scale
+# handles worst (see the README for the measurement that chose this)
+DEFAULT_KEEP_FP32 = (r"layer\.\d+/output/dense",)
 DEFAULT_CALIBRATION_SIZE = 256
 CALIBRATION_SEED = 0
 
@@ -192,7 +199,7 @@ def calibration_sentences(run: dict, file=None, dataset=None, data_dir=None,
 
 def validate(source, out=None, opset=None, quantize=None, max_length=None, calibration=None,
              calibration_dataset=None, data_dir=None, calibration_size=DEFAULT_CALIBRATION_SIZE,
-             calibration_method="minmax") -> dict:
+             calibration_method="minmax", keep_fp32=DEFAULT_KEEP_FP32) -> dict:
     """Check every input before anything is written. Returns the resolved settings."""
     given = Path(source)
     try:
@@ -227,6 +234,12 @@ def validate(source, out=None, opset=None, quantize=None, max_length=None, calib
             raise ExportError(f"unsupported opset {opset!r}: use {MIN_OPSET}..{MAX_OPSET} "
                               f"(default: optimum's choice for BERT)")
     quantize = _quantize_list(quantize)
+    keep_fp32 = tuple(keep_fp32 or ())
+    for pattern in keep_fp32:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ExportError(f"--int8-keep-fp32 {pattern!r}: not a regular expression: {e}") from None
     if calibration_method not in CALIBRATION_METHODS:
         raise ExportError(f"unknown calibration method {calibration_method!r}: use {', '.join(CALIBRATION_METHODS)}")
 
@@ -252,7 +265,7 @@ def validate(source, out=None, opset=None, quantize=None, max_length=None, calib
     calib = None
     if "int8" in quantize:
         sents, info = calibration_sentences(run, calibration, calibration_dataset, data_dir, calibration_size)
-        calib = {"sentences": sents, "info": {**info, "method": calibration_method}}
+        calib = {"sentences": sents, "info": {**info, "method": calibration_method}, "keep_fp32": keep_fp32}
     return {"given": given, "checkpoint": checkpoint, "run": run, "crf": crf, "labels": labels,
             "config": config, "opset": opset, "quantize": quantize, "max_length": max_length, "out": out,
             "calibration": calib}
@@ -466,10 +479,12 @@ class _CalibrationReader:
         self.i = 0
 
 
-def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max_length: int, input_names) -> dict:
+def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max_length: int, input_names,
+                         keep_fp32: tuple[str, ...] = ()) -> dict:
     """Static int8 of ``src`` -> ``dst`` (QDQ, per-channel int8 weights, uint8 activations calibrated
     on ``calibration["sentences"]``). Only MatMuls with a constant weight (the linear layers) and
-    Gathers (embeddings) are quantised: the attention products (queries x keys, probabilities x
+    Gathers (embeddings) are quantised, except nodes whose name matches a ``keep_fp32`` regular
+    expression: the attention products (queries x keys, probabilities x
     values) stay fp32. In a fused graph the ``Attention`` contrib op (with its query / key / value
     projections) is not quantised by ONNX Runtime's QDQ quantizer; the output projection, the
     feed-forward layers and the classifier are. Returns the manifest entry."""
@@ -495,6 +510,8 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
     inits = {i.name for i in model.graph.initializer}
     # QDQ ignores MatMulConstBOnly: exclude the attention products (no constant operand) by name
     exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and not set(n.input) & inits]
+    kept = [n.name for n in model.graph.node
+            if n.op_type in op_types and n.name not in exclude and any(re.search(k, n.name) for k in keep_fp32)]
     src_shaped = dst.with_name(dst.name + ".shaped.onnx")
     onnx.save(model, str(src_shaped))
     del model
@@ -502,7 +519,7 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
     try:
         with _quiet():
             quantize_static(str(src_shaped), str(dst), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=op_types, nodes_to_exclude=exclude,
+                            op_types_to_quantize=op_types, nodes_to_exclude=exclude + kept,
                             per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calib_method,
                             extra_options={"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
@@ -518,7 +535,8 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
     # a MatMul is quantised when both of its operands come out of a DequantizeLinear
     dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     mm = [n for n in graph.node if n.op_type == "MatMul"]
-    return {"symbolic_shape_inference": shaped, "matmuls_excluded": len(exclude),"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weight_type": "QInt8",
+    return {"symbolic_shape_inference": shaped, "matmuls_excluded": len(exclude),
+            "keep_fp32_patterns": list(keep_fp32), "kept_fp32": kept,"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weight_type": "QInt8",
             "per_channel": True, "activation_type": "QUInt8", "reduce_range": False,
             "op_types": op_types, "matmul_const_weight_only": True,
             "matmuls_quantized": sum(set(n.input[:2]) <= dq_out for n in mm), "matmuls_total": len(mm),
@@ -530,11 +548,11 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
 def export(source, out=None, opset: int | None = None, quantize=None, optimize: bool = False,
            max_length: int | None = None, sentences=None, quiet: bool = False, calibration=None,
            calibration_dataset=None, data_dir=None, calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-           calibration_method: str = "minmax") -> Path:
+           calibration_method: str = "minmax", keep_fp32=DEFAULT_KEEP_FP32) -> Path:
     """Export ``source`` (run dir or checkpoint); returns the export directory. See the module doc.
     ``quantize``: ``"int8"`` (static), ``"int8-dynamic"``, both (a list or ``"int8,int8-dynamic"``)."""
     s = validate(source, out, opset, quantize, max_length, calibration, calibration_dataset, data_dir,
-                 calibration_size, calibration_method)
+                 calibration_size, calibration_method, keep_fp32)
     checkpoint, out, labels, max_length = s["checkpoint"], s["out"], s["labels"], s["max_length"]
     sentences = [list(x) for x in (sentences or PARITY_SENTENCES)]
     t_start = time.perf_counter()
@@ -665,7 +683,8 @@ def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onn
         q_path, info, errors = tmp / fmt.MODEL_INT8, None, []
         for src, described in sources:
             try:
-                info = quantize_static_int8(src, q_path, tokenizer, s["calibration"], max_length, input_names)
+                info = quantize_static_int8(src, q_path, tokenizer, s["calibration"], max_length, input_names,
+                                            s["calibration"]["keep_fp32"])
                 onnx.checker.check_model(str(q_path))
                 info["source"] = described
                 break
@@ -850,7 +869,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="folder of the calibration dataset (default: the run's)")
     ap.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
                     help=f"static int8: sentences sampled from the train split (default {DEFAULT_CALIBRATION_SIZE})")
-    ap.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
+    ap.add_argument("--int8-keep-fp32", action="append", default=None, metavar="REGEX",
+                    help="static int8: leave the MatMuls / Gathers whose node name matches REGEX in fp32 (repeatable; "
+                         f"default {' '.join(DEFAULT_KEEP_FP32)}; give '' to quantise them all)")
     ap.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusions (replace model.onnx)")
     ap.add_argument("--max-length", type=int, default=None,
                     help=f"max sub-tokens per sentence (default: the run's, else {DEFAULT_MAX_LENGTH})")
@@ -859,7 +880,8 @@ def main(argv=None) -> int:
     try:
         export(args.source, args.out, args.opset, args.quantize, args.optimize, args.max_length, quiet=args.quiet,
                calibration=args.calibration, calibration_dataset=args.calibration_dataset, data_dir=args.data_dir,
-               calibration_size=args.calibration_size, calibration_method=args.calibration_method)
+               calibration_size=args.calibration_size,
+               keep_fp32=DEFAULT_KEEP_FP32 if args.int8_keep_fp32 is None else [k for k in args.int8_keep_fp32 if k])
     except ExportError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     app = create_app(engine, settings)
     print(f"serving {args.export_dir} ({args.precision}, {args.device}) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
+    if not engine.batch_invariant:
+        print(f"note: {args.precision} is not batch-invariant: each text runs alone and requests are not "
+              "micro-batched (use --precision int8 for a batch-invariant int8 model)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 

@@ -222,7 +222,10 @@ def test_layout_and_manifest(exported, run_dir):
     cal = q["calibration"]
     assert cal["source"] == "dataset" and cal["dataset"] == "default" and cal["split"] == "train"
     assert cal["sentences"] == 16 and cal["pool"] > 16 and cal["method"] == "minmax"
-    assert q["matmuls_quantized"] == 2 * 6 + 1 and q["matmuls_excluded"] == 2 * 2  # 2 layers: q k v o ffn1 ffn2
+    # 2 layers: q k v o ffn-up (+ the classifier) quantised, ffn-down kept in fp32 by default
+    assert q["matmuls_quantized"] == 2 * 5 + 1 and q["matmuls_excluded"] == 2 * 2
+    assert len(q["kept_fp32"]) == 2 and all("/output/dense" in n for n in q["kept_fp32"])
+    assert q["keep_fp32_patterns"] == list(exp.DEFAULT_KEEP_FP32)
     assert q["node_counts"]["QuantizeLinear"] > 0 and q["source"] == fmt.MODEL_FP32
     assert man[fmt.K_QUANTIZATION]["int8-dynamic"]["method"] == "onnxruntime.quantization.quantize_dynamic"
     assert man[fmt.K_PARITY]["fp32"]["max_abs_emission_diff"] < 1e-4
@@ -297,6 +300,8 @@ def test_calibration_file_and_bad_calibration(run_dir, calibration_file, tmp_pat
             exp.validate(run_dir, out=tmp_path / "o", quantize="int8", **kwargs)
     with pytest.raises(exp.ExportError, match="unsupported quantization"):
         exp.validate(run_dir, out=tmp_path / "o", quantize="int4")
+    with pytest.raises(exp.ExportError, match="not a regular expression"):
+        exp.validate(run_dir, out=tmp_path / "o", quantize="int8", calibration=calibration_file, keep_fp32=["(("])
     # int8-dynamic needs no calibration data; int8 without any is refused before anything is written
     assert exp.validate(run_dir, out=tmp_path / "o", quantize="int8-dynamic",
                         calibration=tmp_path / "nope.txt")["calibration"] is None
@@ -339,7 +344,8 @@ def test_optimize_fuses_and_keeps_parity(optimized, model, tok):
     assert q["int8-dynamic"]["source"].endswith("(fused)")
     # static int8 of the fused graph: the linear layers outside the Attention op are quantised
     assert q["int8"]["source"].endswith("(fused)") and q["int8"]["symbolic_shape_inference"]
-    assert q["int8"]["matmuls_quantized"] == q["int8"]["matmuls_total"] > 0
+    assert q["int8"]["matmuls_quantized"] + len(q["int8"]["kept_fp32"]) == q["int8"]["matmuls_total"]
+    assert q["int8"]["matmuls_quantized"] > 0
     assert q["int8"]["node_counts"]["QuantizeLinear"] > 0 and q["int8"]["calibration"]["source"] == "file"
     assert man[fmt.K_PARITY]["int8"]["max_abs_emission_diff_batched_vs_alone"] == 0.0
     assert not any(p.name.startswith(".") for p in out.iterdir())

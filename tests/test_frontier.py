@@ -61,7 +61,7 @@ def test_frontier_end_to_end(grid, toy_data_dir, tmp_path, capsys):
     assert ref["f1"] == next(p["f1"] for p in pts if p["kind"] == "teacher" and p["precision"] == "fp32")
     assert set(rep["gemm_limits"]) == {"32x64"} and rep["gpu"].startswith("GPU: not measured")
     md = (tmp_path / "frontier.md").read_text()
-    assert "teacher pipeline" in md and "L1 int8" in md and str(grid / "students" / "L2") in md
+    assert "teacher pipeline" in md and "L1 msd int8" in md and str(grid / "students" / "L2") in md
     assert "GPU: not measured" in md and "Targets" in md and "GEMM fraction" in md
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     man = json.loads((grid / "students" / "L1" / frontier.CACHE_DIR / "manifest.json").read_text())
