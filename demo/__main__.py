@@ -1,11 +1,11 @@
 """Teacher and student side by side in the browser.
 
     python -m demo [--teacher runs/teacher] [--student runs/student/onnx] [--host 127.0.0.1]
-                   [--port 7860] [--precision fp32|int8] [--threads N] [--max-chars 10000]
+                   [--port 7860] [--precision fp32|int8|int8-dynamic] [--threads N] [--max-chars 10000]
 
 ``--teacher``: a PyTorch run directory / checkpoint (decoded with its CRF in PyTorch) or an ONNX
 export directory. ``--student``: an ONNX export directory, served by the same engine as
-``python -m serving``; ``--precision`` picks its fp32 or int8 graph (an ONNX teacher stays fp32).
+``python -m serving``; ``--precision`` picks its fp32, int8 (static) or int8-dynamic graph (an ONNX teacher stays fp32).
 Defaults are what ``make run`` and ``python -m export.onnx runs/student`` write. Binds 127.0.0.1
 unless ``--host`` says otherwise; no share link, no telemetry, nothing fetched from the internet.
 """
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from export.format import PRECISIONS
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--student", default="runs/student/onnx", help="ONNX export dir (default runs/student/onnx)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="the student's ONNX graph")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="the student's ONNX graph")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: all cores)")
     ap.add_argument("--max-chars", type=int, default=10_000, help="longest accepted text (default 10000)")
     return ap

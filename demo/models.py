@@ -51,7 +51,7 @@ class Prediction:
 class _Base:
     role: str                           # "teacher" | "student"
     path: Path
-    kind: str = ""                      # "PyTorch" | "ONNX fp32" | "ONNX int8"
+    kind: str = ""                      # "PyTorch" | "ONNX fp32" | "ONNX int8" | "ONNX int8-dynamic"
     labels: list[str] = field(default_factory=list)
     num_parameters: int | None = None
     size_bytes: int | None = None       # weights on disk (encoder + CRF files)

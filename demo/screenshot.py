@@ -17,6 +17,8 @@ import socket
 import sys
 from pathlib import Path
 
+from export.format import PRECISIONS
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m demo.screenshot", description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="runs/teacher")
     ap.add_argument("--student", default="runs/student/onnx")
-    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     ap.add_argument("--text", default=DEFAULT_TEXT)
     ap.add_argument("--out", default="docs/demo.png")
     ap.add_argument("--width", type=int, default=1280)

@@ -1,15 +1,15 @@
 """Entity F1 of an ONNX export vs its PyTorch checkpoint: ``python -m export.evaluate EXPORT_DIR``.
 
     python -m export.evaluate EXPORT_DIR [--dataset NAME] [--data-dir D] [--split dev]
-                                         [--precision fp32|int8|both] [--limit N]
+                                         [--precision fp32|int8|int8-dynamic|all] [--limit N]
 
 Runs the exported graph(s) with ONNX Runtime on a split (tokenized with the export's own
 tokenizer through transformers, exactly as in training: :func:`training.data.encode`),
 gathers the emissions at first sub-tokens and decodes them with the NumPy Viterbi; the source
 checkpoint (from the manifest, or ``--checkpoint``) is evaluated on the same sentences with
 :func:`training.evaluate.predict`. Prints a table and writes
-``EXPORT_DIR/eval-<dataset>-<split>.json`` with precision / recall / F1 for pytorch, fp32 and
-int8, the F1 deltas and the word-level tag agreement with PyTorch. This is an offline tool (it
+``EXPORT_DIR/eval-<dataset>-<split>.json`` with precision / recall / F1 for pytorch and every
+precision of the export, the F1 deltas and the word-level tag agreement with PyTorch. This is an offline tool (it
 needs torch); the serving path never imports it.
 """
 
@@ -81,7 +81,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(name).rstrip("/")).name or str(name)).strip("_") or "data"
 
 
-def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precision="both", limit=None,
+def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precision="all", limit=None,
                     checkpoint=None, batch_size: int = 32, threads: int | None = None, quiet=False) -> dict:
     from training import data as data_lib
 
@@ -91,7 +91,7 @@ def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precis
     if crf["labels"] != man[fmt.K_LABELS]:
         raise EvaluateError(f"{export_dir}: crf.json labels differ from the manifest labels")
     avail = man[fmt.K_PRECISIONS]
-    precisions = [p for p in fmt.PRECISIONS if p in avail] if precision == "both" else [precision]
+    precisions = [p for p in fmt.PRECISIONS if p in avail] if precision in ("all", "both") else [precision]
     for p in precisions:
         fmt.model_path(export_dir, p, man)  # clear error if missing
     if split not in ("train", "dev", "test"):
@@ -156,8 +156,9 @@ def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precis
               "sentences_identical": sum(a == b for a, b in zip(pred, pt_pred)) / max(len(pred), 1)}
         result[p] = m
     result["delta_f1"] = {p: result[p]["f1"] - pt["f1"] for p in precisions}
-    if "fp32" in result and "int8" in result:
-        result["delta_f1"]["int8_vs_fp32"] = result["int8"]["f1"] - result["fp32"]["f1"]
+    for q in fmt.QUANTIZED:
+        if "fp32" in result and q in result:
+            result["delta_f1"][f"{q}_vs_fp32"] = result[q]["f1"] - result["fp32"]["f1"]
     out = export_dir / f"eval-{_safe(splits.name)}-{split}.json"
     ckpt.write_json(out, result)
     result["path"] = str(out)
@@ -180,14 +181,14 @@ def ckpt_digest_matches(man: dict, ck_dir: Path) -> bool | None:
 def format_result(r: dict) -> str:
     rows = [f"{r['export']} on {r['dataset']} {r['split']} ({r['sentences']} sentences, "
             f"{r['truncated_words']} words cut at {r['max_length']} sub-tokens)",
-            f"{'model':<9}{'precision':>10}{'recall':>10}{'f1':>10}{'delta f1':>10}{'tags=pt':>9}{'seconds':>9}"]
-    for k in ("pytorch", "fp32", "int8"):
+            f"{'model':<13}{'precision':>10}{'recall':>10}{'f1':>10}{'delta f1':>10}{'tags=pt':>9}{'seconds':>9}"]
+    for k in ("pytorch",) + fmt.PRECISIONS:
         if k not in r:
             continue
         m = r[k]
         delta = f"{r['delta_f1'][k]:+.4f}" if k in r["delta_f1"] else ""
         agree = f"{m['agreement_with_pytorch']:.4f}" if "agreement_with_pytorch" in m else ""
-        rows.append(f"{k:<9}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{delta:>10}{agree:>9}"
+        rows.append(f"{k:<13}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{delta:>10}{agree:>9}"
                     f"{m['seconds']:>9.2f}")
     if r.get("checkpoint_matches_manifest") is False:
         rows.append(f"warning: {r['checkpoint']} changed since the export (sha256 differs from the manifest)")
@@ -200,8 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default=None, help="dataset name or folder (default: the checkpoint's)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--split", default="dev", choices=["train", "dev", "test"])
-    ap.add_argument("--precision", default="both", choices=["fp32", "int8", "both"],
-                    help="both = every precision the export has")
+    ap.add_argument("--precision", default="all", choices=list(fmt.PRECISIONS) + ["all", "both"],
+                    help="all (or both) = every precision the export has")
     ap.add_argument("--limit", type=int, default=None, help="only the first N sentences")
     ap.add_argument("--checkpoint", default=None, help="PyTorch checkpoint (default: the manifest's source)")
     ap.add_argument("--batch-size", type=int, default=32)

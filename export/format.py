@@ -6,7 +6,11 @@ An export directory (written by ``python -m export.onnx``) is self-contained::
       model.onnx            fp32 graph: input_ids, attention_mask[, token_type_ids] -> logits
                             (B, S, L) per sub-token; dynamic batch and sequence axes. With
                             --optimize this *is* the ORT-fused graph (it replaces the plain one).
-      model.int8.onnx       dynamic int8 quantisation of model.onnx (only with --quantize int8)
+      model.int8.onnx       static (calibrated) int8, QDQ, per-channel weights (--quantize int8):
+                            batch-invariant
+      model.int8-dynamic.onnx  dynamic int8 (--quantize int8-dynamic): activation scales computed per
+                            run over the whole batch tensor, so a text's answer depends on its
+                            batch-mates (the engine runs every text alone with it)
       crf.json              {"labels", "transitions" [from][to], "start", "end"}
       tokenizer.json ...    the checkpoint's fast tokenizer (serving reads tokenizer.json only, with
                             the `tokenizers` library): padding off, truncation at max_length
@@ -27,17 +31,22 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "msd-ner-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "int8" is static int8; version 1's "int8" (dynamic) reads as "int8-dynamic"
 
 MODEL_FP32 = "model.onnx"
 MODEL_INT8 = "model.int8.onnx"
+MODEL_INT8_DYNAMIC = "model.int8-dynamic.onnx"
 CRF_FILE = "crf.json"
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
 
-PRECISIONS = ("fp32", "int8")
-MODEL_FILES = {"fp32": MODEL_FP32, "int8": MODEL_INT8}
+PRECISIONS = ("fp32", "int8", "int8-dynamic")
+QUANTIZED = ("int8", "int8-dynamic")   # the values of ``--quantize``
+MODEL_FILES = {"fp32": MODEL_FP32, "int8": MODEL_INT8, "int8-dynamic": MODEL_INT8_DYNAMIC}
+# whether a text's output is independent of the other texts in its batch (and of padding); the
+# manifest's models[precision]["batch_invariant"] (measured at export) takes precedence
+BATCH_INVARIANT = {"fp32": True, "int8": True, "int8-dynamic": False}
 OUTPUT_NAME = "logits"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -59,7 +68,7 @@ K_MODELS = "models"              # {"fp32": {"file", "bytes", "sha256"}, "int8":
 K_FILES = "files"                # {file name: size in bytes} for every file of the export
 K_PARITY = "parity"              # {"fp32": {...}, "int8": {...}} measured at export time
 K_OPTIMIZE = "optimize"          # {"applied", "fused_operators", "fused_total", "note", ...}
-K_QUANTIZATION = "quantization"  # {"method", "weight_type", "per_channel", ...} or None
+K_QUANTIZATION = "quantization"  # {"int8": {"method", "calibration", ...}, "int8-dynamic": {...}} (may be empty)
 K_MODEL = "model"                # {"model_type", "hidden_size", "num_layers", "num_heads", "vocab_size"}
 K_TOKENIZER = "tokenizer"        # {"file", "padding": None, "truncation": {"max_length", ...}, check results}
 
@@ -111,7 +120,29 @@ def read_manifest(path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in man]
     if missing:
         raise ExportFormatError(f"{d / MANIFEST}: missing keys {missing}")
+    return _upgrade(man) if version == 1 else man
+
+
+def _upgrade(man: dict) -> dict:
+    """A version-1 manifest in version-2 terms: its ``int8`` was dynamic quantisation, so it is
+    renamed ``int8-dynamic`` (same file); ``quantization`` becomes keyed by precision."""
+    man = dict(man)
+    rename = {"int8": "int8-dynamic"}
+    man[K_PRECISIONS] = [rename.get(p, p) for p in man.get(K_PRECISIONS, [])]
+    for key in (K_MODELS, K_PARITY):
+        if isinstance(man.get(key), dict):
+            man[key] = {rename.get(k, k): v for k, v in man[key].items()}
+    q = man.get(K_QUANTIZATION)
+    man[K_QUANTIZATION] = {"int8-dynamic": q} if q else {}
+    man["upgraded_from_version"] = 1
     return man
+
+
+def batch_invariant(manifest: dict, precision: str) -> bool:
+    """Whether ``precision``'s graph gives a text the same output whatever else is in its batch."""
+    entry = (manifest.get(K_MODELS) or {}).get(precision) or {}
+    value = entry.get("batch_invariant")
+    return bool(value) if value is not None else BATCH_INVARIANT.get(precision, False)
 
 
 def read_crf(path: str | os.PathLike, dtype=np.float32) -> dict:
@@ -141,7 +172,8 @@ def read_crf(path: str | os.PathLike, dtype=np.float32) -> dict:
 
 
 def model_path(path: str | os.PathLike, precision: str = "fp32", manifest: dict | None = None) -> Path:
-    """Path of the ONNX graph for ``precision`` (``fp32`` | ``int8``), checked against the manifest."""
+    """Path of the ONNX graph for ``precision`` (``fp32`` | ``int8`` | ``int8-dynamic``), checked
+    against the manifest."""
     d = _dir(path)
     if precision not in MODEL_FILES:
         raise ExportFormatError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -149,7 +181,7 @@ def model_path(path: str | os.PathLike, precision: str = "fp32", manifest: dict 
     if precision not in man.get(K_PRECISIONS, []):
         raise ExportFormatError(f"{d}: no {precision} model in this export (available: "
                                 f"{', '.join(man.get(K_PRECISIONS, [])) or 'none'}); "
-                                + ("re-export with --quantize int8" if precision == "int8" else ""))
+                                + (f"re-export with --quantize {precision}" if precision in QUANTIZED else ""))
     entry = man.get(K_MODELS, {}).get(precision, {})
     p = d / entry.get("file", MODEL_FILES[precision])
     if not p.is_file():

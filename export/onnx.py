@@ -1,7 +1,9 @@
 """Export a BERT-CRF checkpoint to a self-contained ONNX directory for ONNX Runtime serving.
 
-    python -m export.onnx RUN_OR_CHECKPOINT [--out DIR] [--opset N] [--quantize int8] [--optimize]
-                                            [--max-length 128]
+    python -m export.onnx RUN_OR_CHECKPOINT [--out DIR] [--opset N] [--optimize] [--max-length 128]
+                          [--quantize int8] [--quantize int8-dynamic]
+                          [--calibration FILE | --calibration-dataset NAME [--data-dir D]]
+                          [--calibration-size 256] [--int8-keep-fp32 REGEX ...]
 
 The encoder + token-classification head (a plain ``AutoModelForTokenClassification`` folder) is
 exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
@@ -12,9 +14,22 @@ exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
   directory ``X`` the sibling ``X-onnx``.
 * ``--optimize`` runs the ONNX Runtime transformer fusions (``model_type="bert"``) and the fused
   graph *replaces* ``model.onnx`` (if nothing was fused the plain graph is kept, and the
-  manifest and stdout say so). ``--quantize int8`` quantises ``model.onnx`` (after the fusions,
-  if any) dynamically to ``model.int8.onnx``: QInt8 weights, per-tensor unless per-channel
-  clearly improves parity (both are tried; the manifest records both).
+  manifest and stdout say so).
+* ``--quantize int8`` (static int8) quantises ``model.onnx`` (after the fusions, if any; the plain
+  graph if quantising the fused one fails) to ``model.int8.onnx`` with
+  ``onnxruntime.quantization.quantize_static``: QDQ format, per-channel int8 weights, uint8
+  activations whose ranges are calibrated once on a sample of sentences: ``--calibration-size``
+  sentences (seeded sample) of the train split of the run's dataset (``--calibration-dataset`` /
+  ``--data-dir`` override it), or every sentence of ``--calibration FILE`` (one sentence per line,
+  words separated by whitespace). Only the linear layers (MatMul with a constant weight) and the
+  embedding lookups are quantised; attention scores, softmax and layer norms stay fp32, so padding
+  cannot leak into a text's result. Fixed scales make it batch-invariant: a text gets the same
+  output alone or in any batch. The manifest records method, sample, data source and calibration
+  method.
+* ``--quantize int8-dynamic`` (the former ``int8``) writes ``model.int8-dynamic.onnx`` with
+  ``quantize_dynamic``: QInt8 weights, per-tensor unless per-channel clearly improves parity (both
+  are tried); activation scales are computed at run time over the whole batch tensor, so its output
+  depends on the batch (the engine runs each text alone with it). Both values may be given.
 * ``tokenizer.json`` is normalised for serving with the `tokenizers` library alone: padding off
   (the packaged MiniLM file pads everything to 128) and truncation at ``max_length``, as in
   training; it is checked against transformers on the parity sentences.
@@ -40,6 +55,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import time
@@ -108,7 +124,82 @@ def _is_within(a: Path, b: Path) -> bool:
         return False
 
 
-def validate(source, out=None, opset=None, quantize=None, max_length=None) -> dict:
+# ONNX Runtime's histogram calibrators (entropy, percentile) fail on calibration inputs of varied
+# lengths (onnxruntime 1.32: "inhomogeneous shape" in collect_absolute_value): min-max only
+CALIBRATION_METHODS = ("minmax",)
+# MatMuls left in fp32 by static int8 (regular expressions on node names): the feed-forward
+# down-projection, whose input (the GELU output) has the heavy tail that a per-tensor uint8 scale
+# handles worst (see the README for the measurement that chose this)
+DEFAULT_KEEP_FP32 = (r"layer\.\d+/output/dense",)
+DEFAULT_CALIBRATION_SIZE = 256
+CALIBRATION_SEED = 0
+
+
+def _quantize_list(quantize) -> list[str]:
+    """``None`` | ``"int8"`` | ``"int8,int8-dynamic"`` | a list of those -> precisions in canonical order."""
+    if quantize is None:
+        return []
+    items = [quantize] if isinstance(quantize, str) else list(quantize)
+    wanted = {q.strip() for item in items for q in str(item).split(",") if q.strip()}
+    bad = sorted(wanted - set(fmt.QUANTIZED))
+    if bad:
+        raise ExportError(f"unsupported quantization {', '.join(map(repr, bad))}: use "
+                          f"{' or '.join(fmt.QUANTIZED)} (int8 = static, calibrated)")
+    return [q for q in fmt.QUANTIZED if q in wanted]
+
+
+def read_sentence_file(path) -> list[list[str]]:
+    """A calibration file: one sentence per line, words separated by whitespace; blank lines skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"calibration file {p}: no such file")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"calibration file {p}: unreadable: {e}") from None
+    sentences = [line.split() for line in lines if line.strip()]
+    if not sentences:
+        raise ExportError(f"calibration file {p}: no sentences (expected one sentence per line)")
+    return sentences
+
+
+def calibration_sentences(run: dict, file=None, dataset=None, data_dir=None,
+                          size: int = DEFAULT_CALIBRATION_SIZE) -> tuple[list[list[str]], dict]:
+    """Sentences (word lists) for static int8 calibration and a description for the manifest.
+
+    ``file``: every sentence of it. Otherwise a seeded random sample of ``size`` sentences of the
+    train split of ``dataset`` (default: the run's ``args.dataset``; ``data_dir`` default: the
+    run's, unless ``dataset`` is given), read with :func:`training.data.load_dataset`."""
+    if not isinstance(size, int) or size < 1:
+        raise ExportError(f"calibration size must be >= 1, got {size!r}")
+    if file is not None:
+        sents = read_sentence_file(file)
+        return sents, {"source": "file", "file": str(Path(file).resolve()), "sentences": len(sents)}
+    from training import data as data_lib
+
+    targs = run.get("args") or {}
+    name = dataset or targs.get("dataset") or "default"
+    ddir = data_dir if data_dir is not None else (targs.get("data_dir") if dataset is None else None)
+    try:
+        train = data_lib.load_dataset(name, data_dir=ddir).train
+    except data_lib.DataError as e:
+        raise ExportError(f"calibration data: {e}") from None
+    except Exception as e:  # e.g. the hub unreachable offline
+        raise ExportError(f"calibration data: cannot load dataset {name!r}: {type(e).__name__}: {e}") from None
+    pool = [list(x.words) for x in train if x.words]
+    if not pool:
+        raise ExportError(f"calibration data: the train split of {name!r} is empty")
+    import random
+
+    picked = sorted(random.Random(CALIBRATION_SEED).sample(range(len(pool)), min(size, len(pool))))
+    return [pool[i] for i in picked], {"source": "dataset", "dataset": str(name), "data_dir": ddir,
+                                       "split": "train", "pool": len(pool), "sentences": len(picked),
+                                       "sample": f"random, seed {CALIBRATION_SEED}"}
+
+
+def validate(source, out=None, opset=None, quantize=None, max_length=None, calibration=None,
+             calibration_dataset=None, data_dir=None, calibration_size=DEFAULT_CALIBRATION_SIZE,
+             calibration_method="minmax", keep_fp32=DEFAULT_KEEP_FP32) -> dict:
     """Check every input before anything is written. Returns the resolved settings."""
     given = Path(source)
     try:
@@ -142,8 +233,15 @@ def validate(source, out=None, opset=None, quantize=None, max_length=None) -> di
         if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
             raise ExportError(f"unsupported opset {opset!r}: use {MIN_OPSET}..{MAX_OPSET} "
                               f"(default: optimum's choice for BERT)")
-    if quantize not in (None, "int8"):
-        raise ExportError(f"unsupported quantization {quantize!r}: only int8")
+    quantize = _quantize_list(quantize)
+    keep_fp32 = tuple(keep_fp32 or ())
+    for pattern in keep_fp32:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ExportError(f"--int8-keep-fp32 {pattern!r}: not a regular expression: {e}") from None
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ExportError(f"unknown calibration method {calibration_method!r}: use {', '.join(CALIBRATION_METHODS)}")
 
     if max_length is None:
         max_length = (run.get("args") or {}).get("max_length") or DEFAULT_MAX_LENGTH
@@ -164,8 +262,13 @@ def validate(source, out=None, opset=None, quantize=None, max_length=None) -> di
         if any(out.iterdir()) and not (out / fmt.MANIFEST).is_file():
             raise ExportError(f"output {out} exists, is not empty and is not an ONNX export; "
                               f"refusing to replace it (choose another --out)")
+    calib = None
+    if "int8" in quantize:
+        sents, info = calibration_sentences(run, calibration, calibration_dataset, data_dir, calibration_size)
+        calib = {"sentences": sents, "info": {**info, "method": calibration_method}, "keep_fp32": keep_fp32}
     return {"given": given, "checkpoint": checkpoint, "run": run, "crf": crf, "labels": labels,
-            "config": config, "opset": opset, "quantize": quantize, "max_length": max_length, "out": out}
+            "config": config, "opset": opset, "quantize": quantize, "max_length": max_length, "out": out,
+            "calibration": calib}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -287,12 +390,14 @@ def measure_parity(onnx_path: Path, ref: dict, crf: dict, tokenizer, sentences, 
     tags = _paths(emissions, wm, crf)
     # one sentence at a time (no padding): dynamic axes and the unpadded path
     single_diff = 0.0
+    batch_diff = 0.0  # the graph against itself: padded batch vs alone (0 for a batch-invariant graph)
     single_tags = []
     for i, s in enumerate(sentences):
         e1 = encode_words(tokenizer, [s], max_length)
         em1 = gather_emissions(_run_ort(sess, e1), e1["word_index"])
         n = int(e1["word_mask"].sum())
         single_diff = max(single_diff, float(np.abs(em1[0, :n] - ref["emissions"][i, :n]).max()))
+        batch_diff = max(batch_diff, float(np.abs(em1[0, :n] - emissions[i, :n]).max()))
         single_tags.append(_paths(em1, e1["word_mask"], crf)[0])
     seconds = time.perf_counter() - t0
     ref_tags = ref["tags"]
@@ -306,6 +411,7 @@ def measure_parity(onnx_path: Path, ref: dict, crf: dict, tokenizer, sentences, 
         "word_lengths": [int(n) for n in wm.sum(1)],
         "max_abs_emission_diff": em_diff,
         "max_abs_emission_diff_unbatched": single_diff,
+        "max_abs_emission_diff_batched_vs_alone": batch_diff,
         "max_abs_logit_diff": logit_diff,
         "tag_agreement": agree / max(words, 1),
         "tag_agreement_unbatched": agree1 / max(words, 1),
@@ -354,11 +460,99 @@ def _fused_stats(stats: dict) -> dict:
     return {k: int(v) for k, v in sorted(stats.items()) if int(v) > 0}
 
 
+# --------------------------------------------------------------------------- static int8
+class _CalibrationReader:
+    """Feeds calibration sentences to ONNX Runtime's calibrator one at a time (no padding)."""
+
+    def __init__(self, tokenizer, sentences, max_length: int, input_names):
+        self.tokenizer, self.sentences, self.max_length = tokenizer, sentences, max_length
+        self.input_names, self.i = list(input_names), 0
+
+    def get_next(self):
+        if self.i >= len(self.sentences):
+            return None
+        enc = encode_words(self.tokenizer, [self.sentences[self.i]], self.max_length)
+        self.i += 1
+        return {n: enc[n] if n in enc else np.zeros_like(enc["input_ids"]) for n in self.input_names}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max_length: int, input_names,
+                         keep_fp32: tuple[str, ...] = ()) -> dict:
+    """Static int8 of ``src`` -> ``dst`` (QDQ, per-channel int8 weights, uint8 activations calibrated
+    on ``calibration["sentences"]``). Only MatMuls with a constant weight (the linear layers) and
+    Gathers (embeddings) are quantised, except nodes whose name matches a ``keep_fp32`` regular
+    expression: the attention products (queries x keys, probabilities x
+    values) stay fp32. In a fused graph the ``Attention`` contrib op (with its query / key / value
+    projections) is not quantised by ONNX Runtime's QDQ quantizer; the output projection, the
+    feed-forward layers and the classifier are. Returns the manifest entry."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+
+    reader_cls = type("CalibrationReader", (_CalibrationReader, CalibrationDataReader), {})
+    reader = reader_cls(tokenizer, calibration["sentences"], max_length, input_names)
+    method = calibration["info"]["method"]
+    calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile}[method]
+    op_types = ["MatMul", "Gather"]
+    model = onnx.load(str(src))
+    # ONNX shape inference does not know the fused graph's contrib ops (Attention, SkipLayerNormalization):
+    # without types on their outputs the quantizer would leave every activation in fp32
+    shaped = False
+    with contextlib.suppress(Exception), _quiet():
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        shaped = True
+    inits = {i.name for i in model.graph.initializer}
+    # QDQ ignores MatMulConstBOnly: exclude the attention products (no constant operand) by name
+    exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and not set(n.input) & inits]
+    kept = [n.name for n in model.graph.node
+            if n.op_type in op_types and n.name not in exclude and any(re.search(k, n.name) for k in keep_fp32)]
+    src_shaped = dst.with_name(dst.name + ".shaped.onnx")
+    onnx.save(model, str(src_shaped))
+    del model
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            quantize_static(str(src_shaped), str(dst), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=op_types, nodes_to_exclude=exclude + kept,
+                            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=calib_method,
+                            extra_options={"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+    finally:
+        src_shaped.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    graph = onnx.load(str(dst)).graph
+    counts: dict = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts.get("DequantizeLinear"):
+        raise ExportFailed(f"{src.name}: the static quantizer quantised nothing")
+    # a MatMul is quantised when both of its operands come out of a DequantizeLinear
+    dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    mm = [n for n in graph.node if n.op_type == "MatMul"]
+    return {"symbolic_shape_inference": shaped, "matmuls_excluded": len(exclude),
+            "keep_fp32_patterns": list(keep_fp32), "kept_fp32": kept,"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weight_type": "QInt8",
+            "per_channel": True, "activation_type": "QUInt8", "reduce_range": False,
+            "op_types": op_types, "matmul_const_weight_only": True,
+            "matmuls_quantized": sum(set(n.input[:2]) <= dq_out for n in mm), "matmuls_total": len(mm),
+            "node_counts": {k: counts[k] for k in sorted(counts)},
+            "calibration": calibration["info"], "seconds": round(seconds, 2), "batch_invariant": True}
+
+
 # --------------------------------------------------------------------------- export
-def export(source, out=None, opset: int | None = None, quantize: str | None = None, optimize: bool = False,
-           max_length: int | None = None, sentences=None, quiet: bool = False) -> Path:
-    """Export ``source`` (run dir or checkpoint); returns the export directory. See the module doc."""
-    s = validate(source, out, opset, quantize, max_length)
+def export(source, out=None, opset: int | None = None, quantize=None, optimize: bool = False,
+           max_length: int | None = None, sentences=None, quiet: bool = False, calibration=None,
+           calibration_dataset=None, data_dir=None, calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+           calibration_method: str = "minmax", keep_fp32=DEFAULT_KEEP_FP32) -> Path:
+    """Export ``source`` (run dir or checkpoint); returns the export directory. See the module doc.
+    ``quantize``: ``"int8"`` (static), ``"int8-dynamic"``, both (a list or ``"int8,int8-dynamic"``)."""
+    s = validate(source, out, opset, quantize, max_length, calibration, calibration_dataset, data_dir,
+                 calibration_size, calibration_method, keep_fp32)
     checkpoint, out, labels, max_length = s["checkpoint"], s["out"], s["labels"], s["max_length"]
     sentences = [list(x) for x in (sentences or PARITY_SENTENCES)]
     t_start = time.perf_counter()
@@ -440,6 +634,10 @@ def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onn
 
     # 3. optional ORT transformer fusions (replace model.onnx when something was fused)
     opt_info = {"requested": bool(optimize), "applied": False}
+    plain_copy = None  # the unfused graph, kept as a fallback source for static int8
+    if optimize and "int8" in s["quantize"]:
+        plain_copy = tmp / ".model.plain.onnx"
+        shutil.copy2(model_path, plain_copy)
     if optimize:
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -474,17 +672,42 @@ def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onn
     parity = {"fp32": measure_parity(model_path, ref, crf, tokenizer, sentences, max_length)}
     _log(f"  parity fp32: max |emission diff| {parity['fp32']['max_abs_emission_diff']:.2e}, "
          f"tags agree {parity['fp32']['tag_agreement']:.4f}", quiet)
-    models = {"fp32": {"file": fmt.MODEL_FP32}}
+    models = {"fp32": {"file": fmt.MODEL_FP32, "batch_invariant": True}}
 
-    # 5. optional int8 dynamic quantisation: per-channel only if it improves parity
-    quant_info = None
-    if s["quantize"] == "int8":
+    # 5. optional int8: static (calibrated, QDQ) and / or dynamic
+    quant_info = {}
+    if "int8" in s["quantize"]:
+        sources = [(model_path, fmt.MODEL_FP32 + (" (fused)" if opt_info["applied"] else ""))]
+        if plain_copy is not None:
+            sources.append((plain_copy, fmt.MODEL_FP32 + " (plain graph, before the fusions)"))
+        q_path, info, errors = tmp / fmt.MODEL_INT8, None, []
+        for src, described in sources:
+            try:
+                info = quantize_static_int8(src, q_path, tokenizer, s["calibration"], max_length, input_names,
+                                            s["calibration"]["keep_fp32"])
+                onnx.checker.check_model(str(q_path))
+                info["source"] = described
+                break
+            except Exception as e:
+                errors.append(f"{described}: {type(e).__name__}: {_one_line(e)}")
+                q_path.unlink(missing_ok=True)
+        if info is None:
+            raise ExportFailed(f"static int8 quantization failed: {' ; '.join(errors)}")
+        if errors:
+            info["failed_sources"] = errors
+        parity["int8"] = measure_parity(q_path, ref, crf, tokenizer, sentences, max_length)
+        models["int8"] = {"file": fmt.MODEL_INT8, "batch_invariant": True}
+        quant_info["int8"] = info
+        _log(f"  int8 (static, {info['calibration']['sentences']} calibration sentences, "
+             f"{info['calibration']['method']}): max |emission diff| {parity['int8']['max_abs_emission_diff']:.2e}, "
+             f"tags agree {parity['int8']['tag_agreement']:.4f}, {q_path.stat().st_size / 1e6:.1f} MB", quiet)
+    if "int8-dynamic" in s["quantize"]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         candidates = {}
         best = None
         for per_channel in (False, True):
-            q_path = tmp / (".int8-pc.onnx" if per_channel else ".int8.onnx")
+            q_path = tmp / (".int8d-pc.onnx" if per_channel else ".int8d.onnx")
             try:
                 with _quiet():
                     quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8,
@@ -495,7 +718,7 @@ def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onn
                 par = measure_parity(q_path, ref, crf, tokenizer, sentences, max_length)
             except Exception as e:
                 if not per_channel:
-                    raise ExportFailed(f"int8 quantization failed: {type(e).__name__}: {e}") from e
+                    raise ExportFailed(f"int8-dynamic quantization failed: {type(e).__name__}: {e}") from e
                 candidates["per_channel"] = {"error": f"{type(e).__name__}: {e}"}
                 q_path.unlink(missing_ok=True)
                 continue
@@ -512,16 +735,19 @@ def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onn
             else:
                 q_path.unlink()
         per_channel, q_path, par = best
-        os.replace(q_path, tmp / fmt.MODEL_INT8)
-        parity["int8"] = par
-        models["int8"] = {"file": fmt.MODEL_INT8}
-        quant_info = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                      "activations": "dynamic uint8", "per_channel": per_channel, "reduce_range": False,
-                      "source": fmt.MODEL_FP32 + (" (fused)" if opt_info["applied"] else ""),
-                      "candidates": candidates}
-        _log(f"  int8 ({'per-channel' if per_channel else 'per-tensor'}): max |emission diff| "
+        os.replace(q_path, tmp / fmt.MODEL_INT8_DYNAMIC)
+        parity["int8-dynamic"] = par
+        models["int8-dynamic"] = {"file": fmt.MODEL_INT8_DYNAMIC, "batch_invariant": False}
+        quant_info["int8-dynamic"] = {
+            "method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+            "activations": "dynamic uint8 (scale over the whole batch tensor: not batch-invariant)",
+            "per_channel": per_channel, "reduce_range": False,
+            "source": fmt.MODEL_FP32 + (" (fused)" if opt_info["applied"] else ""), "candidates": candidates}
+        _log(f"  int8-dynamic ({'per-channel' if per_channel else 'per-tensor'}): max |emission diff| "
              f"{par['max_abs_emission_diff']:.2e}, tags agree {par['tag_agreement']:.4f}, "
-             f"{(tmp / fmt.MODEL_INT8).stat().st_size / 1e6:.1f} MB", quiet)
+             f"{(tmp / fmt.MODEL_INT8_DYNAMIC).stat().st_size / 1e6:.1f} MB", quiet)
+    if plain_copy is not None:
+        plain_copy.unlink(missing_ok=True)
 
     for prec, entry in models.items():
         f = tmp / entry["file"]
@@ -614,7 +840,7 @@ def summary(out: Path) -> str:
              f"max_length {man[fmt.K_MAX_LENGTH]}, {len(man[fmt.K_LABELS])} labels)"]
     for prec in man[fmt.K_PRECISIONS]:
         m, p = man[fmt.K_MODELS][prec], man[fmt.K_PARITY][prec]
-        lines.append(f"  {prec:<5} {m['file']:<17} {m['bytes'] / 1e6:7.2f} MB   max |emission diff| "
+        lines.append(f"  {prec:<12} {m['file']:<23} {m['bytes'] / 1e6:7.2f} MB   max |emission diff| "
                      f"{p['max_abs_emission_diff']:.2e}   tag agreement {p['tag_agreement']:.4f} "
                      f"({p['words']} words, {p['sentences']} sentences)")
     o = man[fmt.K_OPTIMIZE]
@@ -633,14 +859,29 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output directory (default: RUN/onnx)")
     ap.add_argument("--opset", type=int, default=None,
                     help=f"ONNX opset {MIN_OPSET}..{MAX_OPSET} (default: optimum's default for BERT)")
-    ap.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamic int8 model")
+    ap.add_argument("--quantize", action="append", default=None, metavar="{int8,int8-dynamic}",
+                    help="also write an int8 model: int8 = static (calibrated, batch-invariant), int8-dynamic = "
+                         "ONNX Runtime dynamic quantisation (not batch-invariant); repeat or comma-separate for both")
+    ap.add_argument("--calibration", default=None, metavar="FILE",
+                    help="static int8: calibrate on the sentences of FILE (one per line) instead of the train split")
+    ap.add_argument("--calibration-dataset", default=None,
+                    help="static int8: dataset whose train split is sampled (default: the run's)")
+    ap.add_argument("--data-dir", default=None, help="folder of the calibration dataset (default: the run's)")
+    ap.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
+                    help=f"static int8: sentences sampled from the train split (default {DEFAULT_CALIBRATION_SIZE})")
+    ap.add_argument("--int8-keep-fp32", action="append", default=None, metavar="REGEX",
+                    help="static int8: leave the MatMuls / Gathers whose node name matches REGEX in fp32 (repeatable; "
+                         f"default {' '.join(DEFAULT_KEEP_FP32)}; give '' to quantise them all)")
     ap.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusions (replace model.onnx)")
     ap.add_argument("--max-length", type=int, default=None,
                     help=f"max sub-tokens per sentence (default: the run's, else {DEFAULT_MAX_LENGTH})")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
-        export(args.source, args.out, args.opset, args.quantize, args.optimize, args.max_length, quiet=args.quiet)
+        export(args.source, args.out, args.opset, args.quantize, args.optimize, args.max_length, quiet=args.quiet,
+               calibration=args.calibration, calibration_dataset=args.calibration_dataset, data_dir=args.data_dir,
+               calibration_size=args.calibration_size,
+               keep_fp32=DEFAULT_KEEP_FP32 if args.int8_keep_fp32 is None else [k for k in args.int8_keep_fp32 if k])
     except ExportError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

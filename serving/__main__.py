@@ -1,6 +1,6 @@
 """Serve an ONNX export over HTTP.
 
-    python -m serving EXPORT_DIR [--host 127.0.0.1] [--port 8000] [--precision fp32|int8]
+    python -m serving EXPORT_DIR [--host 127.0.0.1] [--port 8000] [--precision fp32|int8|int8-dynamic]
                                  [--device cpu|cuda] [--threads N] [--max-batch 32] [--max-wait-ms 5]
                                  [--max-texts 64] [--max-chars 10000] [--max-body-bytes 1000000]
 
@@ -15,6 +15,8 @@ import ipaddress
 import os
 import sys
 
+from export.format import PRECISIONS
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("export_dir", metavar="EXPORT_DIR", help="directory written by `python -m export.onnx`")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     ap.add_argument("--max-batch", type=int, default=32, help="texts per micro-batch")
@@ -71,6 +73,9 @@ def main(argv=None) -> int:
     app = create_app(engine, settings)
     print(f"serving {args.export_dir} ({args.precision}, {args.device}) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
+    if not engine.batch_invariant:
+        print(f"note: {args.precision} is not batch-invariant: each text runs alone and requests are not "
+              "micro-batched (use --precision int8 for a batch-invariant int8 model)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 

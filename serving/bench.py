@@ -2,13 +2,16 @@
 
     python -m serving.bench EXPORT_DIR [--teacher RUN] [--student-checkpoint RUN] [--texts 500]
                                        [--latency-texts 100] [--threads N] [--data CONLL_FILE]
+                                       [--device cpu|cuda] [--gemm-seconds 3] [--sweep]
                                        [--out benchmarks/results/serving]
 
 Configurations (each measured in a fresh subprocess, so that its peak RSS is its own; all on the
 same texts, in the same run, with the same number of threads):
 
-* ``engine_fp32`` / ``engine_int8``: :class:`serving.engine.NerEngine` (tokenizers + ONNX Runtime +
-  NumPy CRF, entity confidences included) on ``model.onnx`` / ``model.int8.onnx``;
+* ``engine_fp32`` / ``engine_int8`` / ``engine_int8-dynamic``: :class:`serving.engine.NerEngine`
+  (tokenizers + ONNX Runtime + NumPy CRF, entity confidences included) on every graph the export
+  has (``model.onnx``, static ``model.int8.onnx``, ``model.int8-dynamic.onnx``; the engine runs
+  int8-dynamic one text at a time, see :mod:`serving.engine`);
 * ``optimum_student``: optimum's ``ORTModelForTokenClassification`` on the same ``model.onnx``
   (``file_name="model.onnx"``) in a transformers ``pipeline("token-classification",
   aggregation_strategy="simple")`` -- no CRF, softmax scores;
@@ -24,6 +27,20 @@ size: one chunk per call, like micro-batches of a server), load time, peak RSS, 
 our engine the time per stage (tokenize, onnx, viterbi, confidence, postprocess). Ratios and the
 targets (student >= 8x the teacher pipeline, >= 1.5x optimum, Viterbi <= 5% of end-to-end time)
 are reported, not asserted. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``.
+
+The hardware limit: the sustained GEMM rate of this CPU with ONNX Runtime (:mod:`benchmarks.gemm`,
+the encoder's feed-forward shape, the same threads) is measured first (``--gemm-seconds 0`` skips
+it), and for every engine configuration the report gives the fraction of that limit reached:
+``encoder FLOPs of the windows run / wall time / GEMM rate`` (fp32 against the fp32 rate, int8 and
+int8-dynamic against the int8 rate), end to end and for the ONNX Runtime stage alone.
+
+``--sweep``: instead of the comparison, the engine alone (every precision) under ONNX Runtime
+session variants -- intra-op threads, spinning, graph optimisation level, parallel execution with
+2 inter-op threads, IO binding -- each changed alone from the engine's defaults, each in a fresh
+process; writes ``OUT_sweep.{json,md}``. Time it on an idle machine before changing a default.
+
+``--device cuda`` runs the engine configurations on the CUDAExecutionProvider (onnxruntime-gpu);
+without it the report says ``GPU: not measured``.
 
 Texts: see :mod:`serving.texts` (CoNLL-2003 test sentences when ``../shared/data`` is there).
 """
@@ -52,7 +69,8 @@ STAGES = ("tokenize", "onnx", "viterbi", "confidence", "postprocess")
 def _engine_predictor(cfg):
     from serving.engine import NerEngine
 
-    engine = NerEngine.from_dir(cfg["export_dir"], precision=cfg["precision"], threads=cfg["threads"])
+    engine = NerEngine.from_dir(cfg["export_dir"], precision=cfg["precision"], threads=cfg["threads"],
+                                device=cfg.get("device", "cpu"), **(cfg.get("ort") or {}))
     stages = {}
 
     def predict(texts, bs, key=None):
@@ -66,6 +84,7 @@ def _engine_predictor(cfg):
     from export import format as fmt
 
     size = fmt.model_path(cfg["export_dir"], cfg["precision"]).stat().st_size
+    predict.engine = engine
     return predict, size, stages
 
 
@@ -141,6 +160,18 @@ def _weights_size(directory: Path) -> int:
                if (directory / f).is_file())
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process: ``VmHWM`` (it starts afresh at exec; ``ru_maxrss``
+    keeps the high-water mark of the parent that forked us), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
 def _pct(values, q):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))] if v else None
@@ -162,7 +193,10 @@ def run_worker(cfg: dict) -> dict:
         predict([t], 1)
         lat.append((time.perf_counter() - t1) * 1000)
     throughput, predictions = {}, None
-    for bs in BATCH_SIZES:
+    if lat:  # batch 1: one text per call, from the latency loop
+        throughput["1"] = {"seconds": round(sum(lat) / 1000, 3), "sentences_per_s": round(1000 * len(lat) / sum(lat), 2),
+                           "texts": len(lat)}
+    for bs in cfg.get("batch_sizes", BATCH_SIZES):
         preds = []
         t1 = time.perf_counter()
         for i in range(0, len(texts), bs):
@@ -171,13 +205,24 @@ def run_worker(cfg: dict) -> dict:
         throughput[str(bs)] = {"seconds": round(dt, 3), "sentences_per_s": round(len(texts) / dt, 2),
                                "words_per_s": round(n_words / dt, 1)}
         predictions = preds
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    peak = peak_rss_bytes()
     out = {"kind": cfg["kind"], "load_seconds": round(load_s, 2), "model_bytes": size, "peak_rss_bytes": peak,
            "latency_ms": {"p50": round(_pct(lat, 50), 3), "p95": round(_pct(lat, 95), 3),
                           "p99": round(_pct(lat, 99), 3), "mean": round(sum(lat) / len(lat), 3), "n": len(lat)},
            "throughput": throughput, "predictions": predictions}
     if stages:
         out["stages"] = {k: {s: round(v, 4) for s, v in d.items()} for k, d in stages.items()}
+    engine = getattr(predict, "engine", None)
+    if engine is not None:  # the encoder work done: FLOPs of the windows the engine ran
+        from benchmarks.gemm import encoder_flops, read_config
+
+        config = read_config(cfg["export_dir"])
+        lengths = engine.window_lengths(texts)
+        out["flops"] = {"all_texts": encoder_flops(config, lengths),
+                        "latency_texts": encoder_flops(config, engine.window_lengths(texts[: cfg["latency_texts"]])),
+                        "windows": len(lengths), "mean_window_sub_tokens": round(sum(lengths) / max(len(lengths), 1), 2)}
+        out["batch_invariant"] = engine.batch_invariant
+        out["providers"] = list(engine.session.get_providers())
     return out
 
 
@@ -226,25 +271,29 @@ def summarize(results: dict) -> tuple[dict, dict]:
         return ok.get(name, {}).get("throughput", {}).get(str(bs), {}).get("sentences_per_s")
 
     ratios = {}
+    engines = [n for n in ok if n.startswith("engine_")]
     for bs in BATCH_SIZES:
-        for ours in ("engine_fp32", "engine_int8"):
+        for ours in engines:
             for other in ("hf_teacher", "optimum_student", "torch_student"):
                 r = _ratio(sps(ours, bs), sps(other, bs))
                 if r is not None:
                     ratios[f"{ours}_vs_{other}_b{bs}"] = r
-        r = _ratio(sps("engine_int8", bs), sps("engine_fp32", bs))
-        if r is not None:
-            ratios[f"int8_vs_fp32_b{bs}"] = r
-    if "engine_int8" in ok and "engine_fp32" in ok:
-        ratios["int8_vs_fp32_latency_p50"] = _ratio(ok["engine_int8"]["latency_ms"]["p50"],
-                                                    ok["engine_fp32"]["latency_ms"]["p50"])
-        ratios["int8_vs_fp32_model_size"] = _ratio(ok["engine_int8"]["model_bytes"], ok["engine_fp32"]["model_bytes"])
+        for q in ("int8", "int8-dynamic"):
+            r = _ratio(sps(f"engine_{q}", bs), sps("engine_fp32", bs))
+            if r is not None:
+                ratios[f"{q}_vs_fp32_b{bs}"] = r
+    for q in ("int8", "int8-dynamic"):
+        if f"engine_{q}" in ok and "engine_fp32" in ok:
+            ratios[f"{q}_vs_fp32_latency_p50"] = _ratio(ok[f"engine_{q}"]["latency_ms"]["p50"],
+                                                        ok["engine_fp32"]["latency_ms"]["p50"])
+            ratios[f"{q}_vs_fp32_model_size"] = _ratio(ok[f"engine_{q}"]["model_bytes"],
+                                                       ok["engine_fp32"]["model_bytes"])
     shares = {}
-    for name in ("engine_fp32", "engine_int8"):
+    for name in engines:
         for key, st in (ok.get(name, {}).get("stages") or {}).items():
             total = st["total"] or float("nan")
             shares[f"{name}_{key}"] = {s: round(st[s] / total, 4) for s in STAGES}
-    best = max((sps(n, 32) or 0, n) for n in ("engine_fp32", "engine_int8"))[1] if ok else None
+    best = max((sps(n, 32) or 0, n) for n in engines)[1] if engines else None
     targets = {}
 
     def target(name, value, goal, higher=True):
@@ -252,14 +301,56 @@ def summarize(results: dict) -> tuple[dict, dict]:
                          "met": None if value is None else (value >= goal if higher else value <= goal)}
 
     target("engine_fp32 / hf_teacher sentences/s (batch 32) >= 8", ratios.get("engine_fp32_vs_hf_teacher_b32"), 8)
-    if best == "engine_int8":
-        target("engine_int8 / hf_teacher sentences/s (batch 32) >= 8",
-               ratios.get("engine_int8_vs_hf_teacher_b32"), 8)
+    if best and best != "engine_fp32":
+        target(f"{best} / hf_teacher sentences/s (batch 32) >= 8", ratios.get(f"{best}_vs_hf_teacher_b32"), 8)
     target("engine_fp32 / optimum_student sentences/s (batch 32) >= 1.5",
            ratios.get("engine_fp32_vs_optimum_student_b32"), 1.5)
     sh = shares.get("engine_fp32_b32", {})
     target("Viterbi share of end-to-end engine time (fp32, batch 32) <= 5%", sh.get("viterbi"), 0.05, higher=False)
     return ratios, {"targets": targets, "stage_shares": shares}
+
+
+def gemm_fractions(result: dict, limits: dict | None, precision: str) -> dict | None:
+    """Fraction of the GEMM limit an engine configuration reached (see the module doc)."""
+    if not limits or "flops" not in result:
+        return None
+    from benchmarks.gemm import limit_for
+
+    key = limit_for(precision)
+    rate = (limits.get(key) or {}).get("gflops")
+    if not rate:
+        return None
+    out = {"limit": key, "limit_gflops": round(rate, 2)}
+    flops = result["flops"]["all_texts"]
+    for bs, thr in result["throughput"].items():
+        if bs == "1":
+            achieved = result["flops"]["latency_texts"] / thr["seconds"] / 1e9 if thr["seconds"] else None
+        else:
+            achieved = flops / thr["seconds"] / 1e9 if thr["seconds"] else None
+        if achieved is None:
+            continue
+        entry = {"gflops": round(achieved, 3), "fraction": round(achieved / rate, 4)}
+        onnx_s = ((result.get("stages") or {}).get(f"b{bs}") or {}).get("onnx")
+        if onnx_s:
+            entry["onnx_stage_gflops"] = round(flops / onnx_s / 1e9, 3)
+            entry["onnx_stage_fraction"] = round(flops / onnx_s / 1e9 / rate, 4)
+        out[f"b{bs}"] = entry
+    return out
+
+
+def gpu_line(device: str, results: dict) -> str:
+    """``GPU: ...`` for the reports: measured only when an engine ran on the CUDA provider."""
+    ran = [n for n, r in results.items() if "CUDAExecutionProvider" in (r.get("providers") or [])]
+    if device == "cuda" and ran:
+        return f"GPU: measured (CUDAExecutionProvider: {', '.join(ran)})"
+    try:
+        import onnxruntime as ort
+
+        have = "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:  # pragma: no cover
+        have = False
+    return ("GPU: not measured (" + ("CUDAExecutionProvider available; run with --device cuda" if have else
+                                     "no CUDAExecutionProvider in this onnxruntime / no GPU") + ")")
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -272,7 +363,7 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{report['machine']['onnxruntime']}; {report['threads']} threads per configuration",
              f"- texts: {report['texts']['n']} sentences, {report['texts']['words']} words, from "
              f"{report['texts']['source']}; latency on the first {report['latency_texts']}",
-             f"- export: `{report['export_dir']}`"]
+             f"- export: `{report['export_dir']}`", f"- {report.get('gpu', 'GPU: not measured')}"]
     load = report["machine"].get("loadavg_at_start")
     if load and load[0] > 0.25 * (report["machine"]["cpu_count"] or 1):
         lines.append(f"- **warning**: load average {load[0]} at the start -- other processes shared the CPUs; "
@@ -298,6 +389,28 @@ def write_markdown(report: dict, path: Path) -> None:
         v = t["value"]
         shown = "n/a" if v is None else (f"{100 * v:.1f}%" if "share" in k else f"{v}x")
         lines.append(f"- {k}: {shown} -> {'met' if t['met'] else 'not met' if t['met'] is False else 'not measured'}")
+    lines += ["", "## Hardware limit (fraction of this CPU's GEMM rate the engine reaches)", ""]
+    limits = report.get("gemm_limits")
+    if not limits:
+        lines.append("- not measured (`--gemm-seconds 0`)")
+    else:
+        for k, v in limits.items():
+            lines.append(f"- GEMM limit {k}: **{v['gflops']:.1f} GFLOP/s** ({v['op']}, tokens x K x N = "
+                         f"{' x '.join(map(str, v['shape']))}, {v['threads']} threads, median of {v['runs']} runs)")
+        lines += ["", "| configuration | limit | GFLOP/s b1 | b8 | b32 | fraction b1 | b8 | b32 | ONNX stage only b32 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        pct = lambda e, k: "" if not e or e.get(k) is None else f"{100 * e[k]:.1f}%"  # noqa: E731
+        for name, r in R.items():
+            g = r.get("gemm") if "error" not in r else None
+            if not g:
+                continue
+            lines.append(f"| {name} | {g['limit']} | " + " | ".join(str((g.get(f'b{b}') or {}).get('gflops', ''))
+                                                                    for b in ("1", "8", "32"))
+                         + " | " + " | ".join(pct(g.get(f"b{b}"), "fraction") for b in ("1", "8", "32"))
+                         + f" | {pct(g.get('b32'), 'onnx_stage_fraction')} |")
+        lines += ["", "Achieved GFLOP/s = the encoder's matrix-product FLOPs over the windows the engine ran "
+                  "(`benchmarks.gemm.encoder_flops`: L(8nh^2 + 4n^2h + 4nhi) + 2nhC per sequence of n sub-tokens, "
+                  "no padding counted) / wall time; int8 configurations against the int8 rate."]
     lines += ["", "## Engine time by stage (share of end-to-end)", ""]
     for k, sh in report["summary"]["stage_shares"].items():
         lines.append(f"- {k}: " + ", ".join(f"{s} {100 * v:.1f}%" for s, v in sh.items()))
@@ -347,6 +460,99 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
+def run_configs(configs: dict, texts: list[str], n_words: int, threads: int, latency_texts: int,
+                timeout: int = 1800, tag: str = "bench") -> dict:
+    """Measure every configuration (``name -> cfg``) in a fresh ``python -m serving.bench --worker``
+    process on the same texts. Returns ``name -> result`` (``{"error": ...}`` for a failed one)."""
+    results = {}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+               OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        tfile = Path(tmp) / "texts.json"
+        tfile.write_text(json.dumps({"texts": texts, "words": n_words}))
+        for i, (name, c) in enumerate(configs.items()):
+            cfg = {**c, "texts_file": str(tfile), "threads": c.get("threads", threads),
+                   "latency_texts": min(latency_texts, len(texts))}
+            cpath, rpath = Path(tmp) / f"{i}.cfg.json", Path(tmp) / f"{i}.result.json"
+            cpath.write_text(json.dumps(cfg))
+            print(f"[{tag}] {name} ...", flush=True)
+            t0 = time.time()
+            try:
+                p = subprocess.run([sys.executable, "-m", "serving.bench", "--worker", str(cpath), str(rpath)],
+                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                if p.returncode != 0:
+                    tail = [x for x in p.stderr.strip().splitlines() if x.strip()][-1:] or ["no output"]
+                    results[name] = {"error": f"exit code {p.returncode}: {tail[0]}"}
+                else:
+                    results[name] = json.loads(rpath.read_text())
+            except subprocess.TimeoutExpired:
+                results[name] = {"error": f"timed out after {timeout} s"}
+            r = results[name]
+            top = str(max(int(b) for b in r["throughput"])) if "throughput" in r else None
+            print(f"[{tag}] {name}: " + (r["error"] if "error" in r else
+                  f"{r['throughput'][top]['sentences_per_s']} sent/s (b{top}), p50 {r['latency_ms']['p50']} ms, "
+                  f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MB") + f" [{time.time() - t0:.0f} s]", flush=True)
+    return results
+
+
+def measure_gemm_limits(export_dir, threads: int, seconds: float, tokens: int) -> dict | None:
+    """The GEMM limit (:mod:`benchmarks.gemm`) for the export's encoder shape; None when skipped."""
+    if seconds <= 0:
+        return None
+    from benchmarks.gemm import measure_limits, read_config
+
+    print(f"[bench] GEMM limit ({tokens} tokens, {threads} threads, {seconds} s per precision) ...", flush=True)
+    limits = measure_limits(read_config(export_dir), threads, tokens=tokens, seconds=seconds)
+    for k, v in limits.items():
+        print(f"[bench] GEMM {k}: {v['gflops']:.1f} GFLOP/s ({v['op']}, shape {v['shape']})", flush=True)
+    return limits
+
+
+SWEEP_BASE = {"spinning": False, "graph_optimization": "all", "execution_mode": "sequential", "inter_op_threads": 1,
+              "io_binding": False}
+
+
+def sweep_variants(threads: int) -> dict:
+    """The engine's defaults and each ONNX Runtime knob changed alone (see the module doc)."""
+    v = {"defaults": ({}, threads)}
+    for t in sorted({1, max(1, threads // 2)} - {threads}):
+        v[f"threads={t}"] = ({}, t)
+    v.update({"spinning=on": ({"spinning": True}, threads),
+              "graph_optimization=extended": ({"graph_optimization": "extended"}, threads),
+              "graph_optimization=basic": ({"graph_optimization": "basic"}, threads),
+              "execution_mode=parallel, inter_op_threads=2": (
+                  {"execution_mode": "parallel", "inter_op_threads": 2}, threads),
+              "io_binding=on": ({"io_binding": True}, threads)})
+    return v
+
+
+def write_sweep(report: dict, path: Path) -> None:
+    lines = ["# Engine under ONNX Runtime session variants (`serving.bench --sweep`)", "",
+             f"- command: `{report['command']}`", f"- date: {report['date']}",
+             f"- machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs, onnxruntime "
+             f"{report['machine']['onnxruntime']}, load average at start {report['machine']['loadavg_at_start']}",
+             f"- texts: {report['texts']['n']} from {report['texts']['source']}; export `{report['export_dir']}`",
+             f"- {report['gpu']}", "",
+             "| precision | variant | threads | p50 ms (b1) | sent/s b8 | sent/s b32 | vs defaults (b32) "
+             "| GEMM fraction b32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for prec, rows in report["sweep"].items():
+        base = (rows.get("defaults") or {}).get("throughput", {}).get("32", {}).get("sentences_per_s")
+        for name, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {prec} | {name} | | error: {r['error'][:100]} ||||")
+                continue
+            b32 = r["throughput"]["32"]["sentences_per_s"]
+            frac = ((r.get("gemm") or {}).get("b32") or {}).get("fraction")
+            lines.append(f"| {prec} | {name} | {r['threads']} | {r['latency_ms']['p50']} | "
+                         f"{r['throughput']['8']['sentences_per_s']} | {b32} | "
+                         f"{_ratio(b32, base) or ''}{'x' if base else ''} | "
+                         f"{'' if frac is None else f'{100 * frac:.1f}%'} |")
+    lines += ["", "Each variant ran in its own process on the same texts; one knob changed at a time from the engine's "
+              "defaults (spinning off, graph optimisation `all`, sequential execution, 1 inter-op thread, no IO "
+              "binding). A difference of a few percent is within run-to-run noise unless it repeats.", ""]
+    path.write_text("\n".join(lines))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:  # internal: python -m serving.bench --worker CONFIG RESULT
@@ -362,13 +568,21 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-texts", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--data", default=None, help="CoNLL file (default: CoNLL-2003 test when present)")
-    ap.add_argument("--only", default=None, help="comma-separated configurations to run")
+    ap.add_argument("--only", default=None, help="comma-separated configurations to run (with --sweep: "
+                                                  "precisions and / or variant names)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of the engine configurations")
+    ap.add_argument("--gemm-seconds", type=float, default=3.0,
+                    help="seconds per precision for the GEMM limit (0: skip it)")
+    ap.add_argument("--gemm-tokens", type=int, default=1024, help="rows of the GEMM (sub-tokens of a batch)")
+    ap.add_argument("--sweep", action="store_true", help="time the engine under ONNX Runtime session variants")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"),
-                    help="output path prefix (.json, .md, .png are appended)")
+    ap.add_argument("--out", default=None,
+                    help="output path prefix (.json, .md, .png are appended; default benchmarks/results/serving, "
+                         "with --sweep benchmarks/results/serving_sweep)")
     args = ap.parse_args(argv)
-    if args.texts < 1 or args.latency_texts < 1 or args.threads < 1:
-        ap.error("--texts, --latency-texts and --threads must be >= 1")
+    if args.texts < 1 or args.latency_texts < 1 or args.threads < 1 or args.gemm_tokens < 1 or args.gemm_seconds < 0:
+        ap.error("--texts, --latency-texts, --threads, --gemm-tokens must be >= 1 and --gemm-seconds >= 0")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / ("serving_sweep" if args.sweep else "serving"))
 
     from export import format as fmt
     from serving.texts import load_sentences
@@ -381,14 +595,46 @@ def main(argv=None) -> int:
     sentences, source = load_sentences(args.texts, args.data)
     texts = [" ".join(s) for s in sentences]
     n_words = sum(len(s) for s in sentences)
+    export_dir = str(Path(args.export_dir).resolve())
+    precisions = [p for p in fmt.PRECISIONS if p in manifest.get(fmt.K_PRECISIONS, [])]
+    command = " ".join(["python -m serving.bench"] + [shlex.quote(a) for a in argv])
+    limits = measure_gemm_limits(export_dir, args.threads, args.gemm_seconds, args.gemm_tokens)
+
+    if args.sweep:
+        sweep, variants = {}, sweep_variants(args.threads)
+        if args.only:  # precisions and / or variant names
+            wanted = set(args.only.split(","))
+            precisions = [p for p in precisions if p in wanted] if wanted & set(precisions) else precisions
+            variants = {k: v for k, v in variants.items() if k in wanted} if wanted & set(variants) else variants
+        for prec in precisions:
+            configs = {}
+            for name, (opts, threads) in variants.items():
+                configs[name] = {"kind": "engine", "precision": prec, "export_dir": export_dir, "device": args.device,
+                                 "ort": opts, "threads": threads}
+            sweep[prec] = run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout, "sweep")
+            for name, r in sweep[prec].items():
+                r.pop("predictions", None)
+                if "error" not in r:
+                    r["threads"] = configs[name]["threads"]
+                    r["gemm"] = gemm_fractions(r, limits, prec)
+        report = {"command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  "machine": machine(), "threads": args.threads, "export_dir": str(args.export_dir),
+                  "texts": {"n": len(texts), "words": n_words, "source": source}, "gemm_limits": limits,
+                  "variants": {k: {"ort": v[0], "threads": v[1]} for k, v in variants.items()},
+                  "sweep": sweep, "gpu": gpu_line(args.device, {k: r for rows in sweep.values()
+                                                                 for k, r in rows.items()})}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_sweep(report, Path(f"{out}.md"))
+        print(f"wrote {out}.json, {out}.md")
+        return 0 if all("error" not in r for rows in sweep.values() for r in rows.values()) else 1
+
     student = args.student_checkpoint
     if student is None:
         src = (manifest.get(fmt.K_SOURCE) or {}).get("checkpoint")
         if src and Path(src).is_dir():
             student = src
-    configs = {"engine_fp32": {"kind": "engine", "precision": "fp32"}}
-    if "int8" in manifest.get(fmt.K_PRECISIONS, []):
-        configs["engine_int8"] = {"kind": "engine", "precision": "int8"}
+    configs = {f"engine_{p}": {"kind": "engine", "precision": p, "device": args.device} for p in precisions}
     configs["optimum_student"] = {"kind": "optimum"}
     if student:
         configs["torch_student"] = {"kind": "torch_student", "checkpoint": str(student)}
@@ -397,42 +643,18 @@ def main(argv=None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         configs = {k: v for k, v in configs.items() if k in wanted}
-
-    results = {}
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
-               OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
-        tfile = Path(tmp) / "texts.json"
-        tfile.write_text(json.dumps({"texts": texts, "words": n_words}))
-        for name, c in configs.items():
-            cfg = {**c, "export_dir": str(Path(args.export_dir).resolve()), "texts_file": str(tfile),
-                   "threads": args.threads, "latency_texts": min(args.latency_texts, len(texts))}
-            cpath, rpath = Path(tmp) / f"{name}.cfg.json", Path(tmp) / f"{name}.result.json"
-            cpath.write_text(json.dumps(cfg))
-            print(f"[bench] {name} ...", flush=True)
-            t0 = time.time()
-            try:
-                p = subprocess.run([sys.executable, "-m", "serving.bench", "--worker", str(cpath), str(rpath)],
-                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
-                if p.returncode != 0:
-                    tail = [x for x in p.stderr.strip().splitlines() if x.strip()][-1:] or ["no output"]
-                    results[name] = {"error": f"exit code {p.returncode}: {tail[0]}"}
-                else:
-                    results[name] = json.loads(rpath.read_text())
-            except subprocess.TimeoutExpired:
-                results[name] = {"error": f"timed out after {args.timeout} s"}
-            r = results[name]
-            print(f"[bench] {name}: " + (r["error"] if "error" in r else
-                  f"{r['throughput']['32']['sentences_per_s']} sent/s (b32), p50 {r['latency_ms']['p50']} ms, "
-                  f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MB") + f" [{time.time() - t0:.0f} s]", flush=True)
+    configs = {k: {**v, "export_dir": export_dir} for k, v in configs.items()}
+    results = run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout)
     ref = results.get("engine_fp32", {}).get("predictions")
     for name, r in results.items():
         preds = r.pop("predictions", None)
         if ref is not None and preds is not None and "error" not in r:
             r["agreement"] = _agreement(preds, ref)
+        if name.startswith("engine_") and "error" not in r:
+            r["gemm"] = gemm_fractions(r, limits, configs[name]["precision"])
     ratios, summary = summarize(results)
     report = {
-        "command": " ".join(["python -m serving.bench"] + [shlex.quote(a) for a in argv]),
+        "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "threads": args.threads, "export_dir": str(args.export_dir),
         "export": {"kind": manifest.get(fmt.K_KIND), "method": manifest.get(fmt.K_METHOD),
@@ -441,9 +663,9 @@ def main(argv=None) -> int:
         "teacher": args.teacher, "student_checkpoint": student,
         "texts": {"n": len(texts), "words": n_words, "source": source}, "latency_texts": min(args.latency_texts,
                                                                                           len(texts)),
+        "gemm_limits": limits, "gpu": gpu_line(args.device, results),
         "results": results, "ratios": ratios, "summary": summary,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, Path(f"{out}.md"))

@@ -36,6 +36,14 @@ Long inputs
     window edge; the edges of the text itself do not count as cuts). A single word longer than the
     budget gets a window of its own (its first sub-token is all the CRF needs).
 
+Batch invariance
+    A text's entities and scores do not depend on the other texts of the call (or, in the server, of
+    other requests) for the fp32 and static int8 graphs: every operation is per position or per
+    sequence, padded keys get exactly zero attention, and static int8 uses fixed activation scales
+    (tested: alone vs in batches of other lengths). ``int8-dynamic`` computes each activation scale
+    over the whole batch tensor, so with it the engine runs every window alone (batch of one, no
+    padding) whatever ``batch_size`` says: reproducible, but without batching's speed-up.
+
 Confidence
     An entity's ``score`` is the posterior probability, under the CRF, of the span's exact tag
     sequence: ``P(y_s..y_e = t_s..t_e | x)``, computed exactly from the forward-backward node and
@@ -62,7 +70,7 @@ from export import format as fmt
 from export import viterbi as np_crf
 
 __all__ = ["NerEngine", "Entity", "Document", "EngineError", "split_words", "tags_to_spans",
-           "span_probability", "plan_windows", "WORD_RE"]
+           "span_probability", "plan_windows", "session_options", "WORD_RE"]
 
 # invisible characters that separate words without being words: C0/C1 controls, zero-width and
 # bidi format characters, BOM
@@ -76,6 +84,45 @@ STAGES = ("tokenize", "onnx", "viterbi", "confidence", "postprocess")
 
 class EngineError(RuntimeError):
     """The engine cannot be built (bad export directory, missing provider, ...)."""
+
+
+GRAPH_OPTIMIZATION = ("all", "extended", "basic", "disable")
+EXECUTION_MODES = ("sequential", "parallel")
+
+
+def session_options(threads: int | None = None, inter_op_threads: int = 1, spinning: bool = False,
+                    graph_optimization: str = "all", execution_mode: str = "sequential"):
+    """ONNX Runtime session options of the engine (also used by :mod:`benchmarks.gemm`, so that the
+    GEMM limit is measured with the same settings). ``threads``: intra-op threads (``None``: ONNX
+    Runtime's default, one per core); ``inter_op_threads``: threads running independent nodes in
+    parallel (only with ``execution_mode="parallel"``); ``spinning``: idle worker threads busy-wait
+    for the next run (off by default: in a server they would take the CPU from the event loop and
+    the tokenizer); ``graph_optimization``: ONNX Runtime's graph optimisation level."""
+    import onnxruntime as ort
+
+    if threads is not None and int(threads) < 1:
+        raise EngineError(f"threads must be >= 1, got {threads}")
+    if int(inter_op_threads) < 1:
+        raise EngineError(f"inter_op_threads must be >= 1, got {inter_op_threads}")
+    if graph_optimization not in GRAPH_OPTIMIZATION:
+        raise EngineError(f"unknown graph_optimization {graph_optimization!r}: use {', '.join(GRAPH_OPTIMIZATION)}")
+    if execution_mode not in EXECUTION_MODES:
+        raise EngineError(f"unknown execution_mode {execution_mode!r}: use {', '.join(EXECUTION_MODES)}")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.inter_op_num_threads = int(inter_op_threads)
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[graph_optimization]
+    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
+                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    return so
 
 
 @dataclass(frozen=True)
@@ -250,7 +297,8 @@ class NerEngine:
 
     def __init__(self, session, tokenizer, crf: dict, manifest: dict, *, export_dir: str | os.PathLike = "",
                  precision: str = "fp32", device: str = "cpu", threads: int | None = None,
-                 window_overlap: float = DEFAULT_WINDOW_OVERLAP):
+                 window_overlap: float = DEFAULT_WINDOW_OVERLAP, io_binding: bool = False,
+                 ort_options: dict | None = None):
         self.session = session
         self.tokenizer = tokenizer
         self.labels: list[str] = list(crf["labels"])
@@ -261,6 +309,9 @@ class NerEngine:
         self.device = device
         self.threads = threads
         self.window_overlap = float(window_overlap)
+        self.batch_invariant = fmt.batch_invariant(manifest, precision)
+        self.io_binding = bool(io_binding)
+        self.ort_options = dict(ort_options or {})
         self.max_length = int(manifest[fmt.K_MAX_LENGTH])
         self.input_names = [i.name for i in session.get_inputs()]
         self.outside = np.array([lab == "O" for lab in self.labels])
@@ -288,14 +339,16 @@ class NerEngine:
     @classmethod
     def from_dir(cls, export_dir: str | os.PathLike, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32", window_overlap: float = DEFAULT_WINDOW_OVERLAP,
-                 spinning: bool = False) -> "NerEngine":
+                 spinning: bool = False, inter_op_threads: int = 1, graph_optimization: str = "all",
+                 execution_mode: str = "sequential", io_binding: bool = False) -> "NerEngine":
         """Load an export directory (``python -m export.onnx``).
 
         ``device``: ``cpu`` or ``cuda`` (CUDAExecutionProvider; an error lists the available
         providers when it is missing). ``threads``: ONNX Runtime intra-op threads (``None``: its
-        default, one per core). ``precision``: ``fp32`` (``model.onnx``) or ``int8``. ``spinning``:
-        let ONNX Runtime's idle worker threads busy-wait for the next run (its default; off here,
-        because in a server the spinning threads take the CPU from the event loop and the tokenizer)."""
+        default, one per core). ``precision``: ``fp32`` (``model.onnx``), ``int8`` (static) or
+        ``int8-dynamic``. ``spinning``, ``inter_op_threads``, ``graph_optimization``,
+        ``execution_mode``: see :func:`session_options`. ``io_binding``: run through an ONNX Runtime
+        IO binding (inputs bound, the output allocated by ONNX Runtime) instead of ``session.run``."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -324,16 +377,9 @@ class NerEngine:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             raise EngineError(f"unknown device {device!r}: use cpu or cuda")
-        if threads is not None and int(threads) < 1:
-            raise EngineError(f"threads must be >= 1, got {threads}")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.inter_op_num_threads = 1
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        if not spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        ort_options = {"spinning": bool(spinning), "inter_op_threads": int(inter_op_threads),
+                       "graph_optimization": graph_optimization, "execution_mode": execution_mode}
+        so = session_options(threads, **ort_options)
         try:
             session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
@@ -342,7 +388,7 @@ class NerEngine:
             raise EngineError("CUDAExecutionProvider is installed but could not be initialised (CUDA / cuDNN "
                               f"libraries?); session providers: {session.get_providers()}")
         return cls(session, tokenizer, crf, manifest, export_dir=export_dir, precision=precision, device=device,
-                   threads=threads, window_overlap=window_overlap)
+                   threads=threads, window_overlap=window_overlap, io_binding=io_binding, ort_options=ort_options)
 
     def info(self) -> dict:
         """A summary of the model and the engine settings (``GET /v1/model``)."""
@@ -355,9 +401,11 @@ class NerEngine:
                                     if lab != "O"}),
             "precision": self.precision,
             "precisions_available": list(m.get(fmt.K_PRECISIONS, [])),
+            "batch_invariant": self.batch_invariant,
             "device": self.device,
             "providers": list(self.session.get_providers()),
             "threads": self.threads,
+            "ort_options": {**self.ort_options, "io_binding": self.io_binding},
             "max_length": self.max_length,
             "manifest": {
                 "format": m.get(fmt.K_FORMAT), "version": m.get(fmt.K_VERSION),
@@ -369,6 +417,7 @@ class NerEngine:
                 "optimized": (m.get(fmt.K_OPTIMIZE) or {}).get("applied"),
                 "source": {k: src.get(k) for k in ("sha256", "epoch", "saved_at", "metrics")},
                 "parity": (m.get(fmt.K_PARITY) or {}).get(self.precision),
+                "quantization": (m.get(fmt.K_QUANTIZATION) or {}).get(self.precision),
             },
         }
 
@@ -397,6 +446,11 @@ class NerEngine:
         docs = [Document.from_words(ws) for ws in sentences]
         tags, _, _ = self._tag_docs(docs, batch_size, scores=False)
         return [[self.labels[t] for t in row] for row in tags]
+
+    def window_lengths(self, texts: Iterable[str]) -> list[int]:
+        """Sub-tokens (special tokens included) of every window the engine would run for ``texts``:
+        the sequence lengths that determine the encoder's FLOPs (:mod:`benchmarks.gemm`)."""
+        return [len(w.ids) for w in self._encode_full([Document.from_text(t) for t in texts])]
 
     def run_documents(self, docs: Sequence[Document], batch_size: int = 32, scores: bool = True):
         """:meth:`predict` for prepared :class:`Document` objects (the server's micro-batches)."""
@@ -462,6 +516,8 @@ class NerEngine:
         windows = self._encode_full(docs)
         timings["tokenize"] += time.perf_counter() - t0
         timings["windows"] = len(windows)
+        if not self.batch_invariant:  # int8-dynamic: a batch would mix the texts' activation scales
+            batch_size = 1
         order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
         trans, start, end = self.crf["transitions"], self.crf["start"], self.crf["end"]
         for b0 in range(0, len(order), batch_size):
@@ -482,7 +538,7 @@ class NerEngine:
             feed = {k: feed[k] for k in self.input_names}
             timings["tokenize"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            logits = self.session.run(None, feed)[0]
+            logits = self._run(feed)
             timings["onnx"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             emissions = np.take_along_axis(logits, word_index[:, :, None], axis=1)
@@ -511,6 +567,16 @@ class NerEngine:
         tags = [merge_windows(windows_of[d], len(doc.words)) for d, doc in enumerate(docs)]
         timings["postprocess"] += time.perf_counter() - t0
         return tags, windows_of, timings
+
+    def _run(self, feed: dict) -> np.ndarray:
+        if not self.io_binding:
+            return self.session.run(None, feed)[0]
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self.session.get_outputs()[0].name)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def _span_score(self, tags, lo, hi, windows, n) -> float:
         return span_score(windows, tags, lo, hi, n, self._window_prob)

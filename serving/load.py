@@ -1,6 +1,6 @@
 """Load test: the real server under many concurrent clients, with bad input mixed in.
 
-    python -m serving.load EXPORT_DIR [--clients 200] [--duration 60] [--precision fp32|int8]
+    python -m serving.load EXPORT_DIR [--clients 200] [--duration 60] [--precision fp32|int8|int8-dynamic]
                                       [--threads N] [--max-batch 32] [--max-wait-ms 5]
                                       [--data CONLL_FILE] [--out benchmarks/results/serving_load]
 
@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from export.format import PRECISIONS
 from serving import badinput
 from serving.server import Settings
 from serving.texts import load_sentences
@@ -291,7 +292,7 @@ def main(argv=None) -> int:
     ap.add_argument("export_dir", metavar="EXPORT_DIR")
     ap.add_argument("--clients", type=_bounded(1, MAX_CLIENTS), default=200)
     ap.add_argument("--duration", type=_bounded(1, MAX_DURATION, float), default=60.0, help="seconds")
-    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)

@@ -273,8 +273,15 @@ class MicroBatcher:
         finally:
             self.waiting_requests -= 1
 
+    @property
+    def merges_requests(self) -> bool:
+        """Whether requests are merged into one engine run (only when results cannot depend on it)."""
+        return bool(getattr(self.engine, "batch_invariant", True))
+
     async def _collect(self, first: _Job):
         jobs, n = [first], len(first.docs)
+        if not self.merges_requests:
+            return jobs, None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.max_wait_ms / 1000.0
         carry = None
@@ -501,7 +508,7 @@ def create_app(engine: NerEngine, settings: Settings | None = None):
 
     @app.get("/v1/model")
     async def model():
-        return {**engine.info(), "limits": asdict(settings)}
+        return {**engine.info(), "micro_batching": batcher.merges_requests, "limits": asdict(settings)}
 
     @app.get("/metrics")
     async def prometheus():

@@ -56,22 +56,31 @@ def model(run_dir):
 
 @pytest.fixture(scope="module")
 def exported(run_dir):
-    """fp32 + int8, default output directory (RUN/onnx)."""
-    out = exp.export(run_dir, quantize="int8", quiet=True)
+    """fp32 + static int8 (calibrated on 16 train sentences of the run's dataset: the offline default)
+    + int8-dynamic, default output directory (RUN/onnx)."""
+    out = exp.export(run_dir, quantize=["int8", "int8-dynamic"], quiet=True, calibration_size=16)
     assert out == run_dir / "onnx"
     return out
 
 
 @pytest.fixture(scope="module")
-def optimized(run_dir, tmp_path_factory):
-    """--optimize --quantize int8 through the CLI entry point (in-process, to reuse the imports)."""
+def calibration_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("calib") / "sentences.txt"
+    f.write_text("\n".join(" ".join(s) for s in REAL[:-1]) + "\n\n" + " ".join(REAL[-1]) + "\n")
+    return f
+
+
+@pytest.fixture(scope="module")
+def optimized(run_dir, tmp_path_factory, calibration_file):
+    """--optimize --quantize int8,int8-dynamic through the CLI entry point (in-process, to reuse the imports)."""
     out = tmp_path_factory.mktemp("opt") / "export"
     import contextlib
     import io
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = exp.main([str(run_dir), "--out", str(out), "--optimize", "--quantize", "int8", "--opset", "17"])
+        rc = exp.main([str(run_dir), "--out", str(out), "--optimize", "--quantize", "int8,int8-dynamic", "--opset", "17",
+                       "--calibration", str(calibration_file)])
     assert rc == 0
     return out, buf.getvalue()
 
@@ -155,6 +164,7 @@ def test_layout_and_manifest(exported, run_dir):
     assert not any(p.name.startswith(".onnx.tmp") for p in run_dir.iterdir())
     onnx.checker.check_model(str(exported / fmt.MODEL_FP32))
     onnx.checker.check_model(str(exported / fmt.MODEL_INT8))
+    onnx.checker.check_model(str(exported / fmt.MODEL_INT8_DYNAMIC))
     man = fmt.read_manifest(exported)
     for key in (fmt.K_FORMAT, fmt.K_VERSION, fmt.K_SOURCE, fmt.K_KIND, fmt.K_METHOD, fmt.K_VERSIONS, fmt.K_OPSET,
                 fmt.K_LABELS, fmt.K_MAX_LENGTH, fmt.K_INPUTS, fmt.K_PRECISIONS, fmt.K_MODELS, fmt.K_FILES,
@@ -163,7 +173,7 @@ def test_layout_and_manifest(exported, run_dir):
     assert man[fmt.K_LABELS] == LABELS and man[fmt.K_MAX_LENGTH] == 128
     assert man[fmt.K_KIND] == "student" and man[fmt.K_METHOD] == "msd"
     assert man[fmt.K_INPUTS] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert man[fmt.K_PRECISIONS] == ["fp32", "int8"]
+    assert man[fmt.K_PRECISIONS] == ["fp32", "int8", "int8-dynamic"]
     graph = onnx.load(str(exported / fmt.MODEL_FP32))
     assert man[fmt.K_OPSET] == next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     # dynamic batch and sequence axes
@@ -174,12 +184,30 @@ def test_layout_and_manifest(exported, run_dir):
     assert Path(src["checkpoint"]) == (run_dir / "best").resolve()
     assert src["sha256"] == exp.checkpoint_digest(run_dir / "best")[0]
     assert man[fmt.K_FILES][fmt.MODEL_FP32] == (exported / fmt.MODEL_FP32).stat().st_size
-    assert man[fmt.K_MODELS]["int8"]["bytes"] < man[fmt.K_MODELS]["fp32"]["bytes"]
+    for q in fmt.QUANTIZED:
+        assert man[fmt.K_MODELS][q]["bytes"] < 0.5 * man[fmt.K_MODELS]["fp32"]["bytes"]
     assert man[fmt.K_OPTIMIZE] == {"requested": False, "applied": False}
-    for prec in ("fp32", "int8"):
+    for prec in fmt.PRECISIONS:
         p = man[fmt.K_PARITY][prec]
         assert {"max_abs_emission_diff", "tag_agreement", "sentences", "words"} <= set(p)
         assert 1 in p["word_lengths"] and max(p["word_lengths"]) > 50
+    # batch invariance, measured at export (padded batch vs each sentence alone, the graph against itself)
+    assert man[fmt.K_PARITY]["fp32"]["max_abs_emission_diff_batched_vs_alone"] == 0.0
+    assert man[fmt.K_PARITY]["int8"]["max_abs_emission_diff_batched_vs_alone"] == 0.0
+    assert man[fmt.K_PARITY]["int8-dynamic"]["max_abs_emission_diff_batched_vs_alone"] > 0.0
+    assert [man[fmt.K_MODELS][p]["batch_invariant"] for p in fmt.PRECISIONS] == [True, True, False]
+    # static int8: calibration recorded; every linear layer quantised, the attention products not
+    q = man[fmt.K_QUANTIZATION]["int8"]
+    assert q["method"] == "onnxruntime.quantization.quantize_static" and q["format"] == "QDQ" and q["per_channel"]
+    cal = q["calibration"]
+    assert cal["source"] == "dataset" and cal["dataset"] == "default" and cal["split"] == "train"
+    assert cal["sentences"] == 16 and cal["pool"] > 16 and cal["method"] == "minmax"
+    # 2 layers: q k v o ffn-up (+ the classifier) quantised, ffn-down kept in fp32 by default
+    assert q["matmuls_quantized"] == 2 * 5 + 1 and q["matmuls_excluded"] == 2 * 2
+    assert len(q["kept_fp32"]) == 2 and all("/output/dense" in n for n in q["kept_fp32"])
+    assert q["keep_fp32_patterns"] == list(exp.DEFAULT_KEEP_FP32)
+    assert q["node_counts"]["QuantizeLinear"] > 0 and q["source"] == fmt.MODEL_FP32
+    assert man[fmt.K_QUANTIZATION]["int8-dynamic"]["method"] == "onnxruntime.quantization.quantize_dynamic"
     assert man[fmt.K_PARITY]["fp32"]["max_abs_emission_diff"] < 1e-4
     assert man[fmt.K_PARITY]["fp32"]["tag_agreement"] == 1.0
     assert man[fmt.K_TOKENIZER]["identical_ids"] is True
@@ -194,6 +222,7 @@ def test_layout_and_manifest(exported, run_dir):
     assert exported.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     assert (exported / fmt.MANIFEST).stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     assert fmt.model_path(exported, "int8") == exported / fmt.MODEL_INT8
+    assert fmt.model_path(exported, "int8-dynamic") == exported / fmt.MODEL_INT8_DYNAMIC
 
 
 def test_serving_tokenizer_alone(exported, tok, run_dir):
@@ -223,13 +252,62 @@ def test_fp32_parity_real_and_random(exported, model, tok):
     assert min(lengths) == 1 and max(lengths) > 60  # incl. a sentence cut at max_length
 
 
-def test_int8_runs(exported, model, tok):
+@pytest.mark.parametrize("precision", fmt.QUANTIZED)
+def test_int8_runs(exported, model, tok, precision):
     sentences = REAL + random_sentences(tok, seed=1)
-    diff, tags, ref_tags, agree = check_parity(exported / fmt.MODEL_INT8, model, tok, sentences, atol=1.0)
+    path = fmt.model_path(exported, precision)
+    diff, tags, ref_tags, agree = check_parity(path, model, tok, sentences, atol=1.0)
     assert [len(t) for t in tags] == [len(t) for t in ref_tags]
-    print(f"int8: max |emission diff| {diff:.3e}, tag agreement {agree:.4f} "
-          f"(manifest: {fmt.read_manifest(exported)['parity']['int8']['tag_agreement']:.4f})")
+    print(f"{precision}: max |emission diff| {diff:.3e}, tag agreement {agree:.4f} "
+          f"(manifest: {fmt.read_manifest(exported)['parity'][precision]['tag_agreement']:.4f})")
     assert np.isfinite(diff) and agree > 0.5  # random weights: not asserting exactness
+
+
+def test_calibration_file_and_bad_calibration(run_dir, calibration_file, tmp_path):
+    sents, info = exp.calibration_sentences({}, file=calibration_file)
+    assert sents == [list(s) for s in REAL] and info == {"source": "file", "file": str(calibration_file.resolve()),
+                                                         "sentences": len(REAL)}
+    # the dataset sample is seeded: the same sentences every time, a subset of train
+    a, ia = exp.calibration_sentences({"args": {}}, size=5)
+    assert a == exp.calibration_sentences({"args": {}}, size=5)[0] and ia["sentences"] == 5
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    for kwargs, message in (({"calibration": tmp_path / "nope.txt"}, "no such file"),
+                            ({"calibration": empty}, "no sentences"),
+                            ({"calibration_dataset": str(tmp_path / "nodata")}, "calibration data"),
+                            ({"calibration_size": 0}, "calibration size")):
+        with pytest.raises(exp.ExportError, match=message):
+            exp.validate(run_dir, out=tmp_path / "o", quantize="int8", **kwargs)
+    with pytest.raises(exp.ExportError, match="unsupported quantization"):
+        exp.validate(run_dir, out=tmp_path / "o", quantize="int4")
+    with pytest.raises(exp.ExportError, match="not a regular expression"):
+        exp.validate(run_dir, out=tmp_path / "o", quantize="int8", calibration=calibration_file, keep_fp32=["(("])
+    # int8-dynamic needs no calibration data; int8 without any is refused before anything is written
+    assert exp.validate(run_dir, out=tmp_path / "o", quantize="int8-dynamic",
+                        calibration=tmp_path / "nope.txt")["calibration"] is None
+    assert not (tmp_path / "o").exists()
+
+
+def test_version1_manifest_reads_int8_as_dynamic(exported, tmp_path):
+    """An export written before static int8 existed: its int8 (dynamic) reads as int8-dynamic."""
+    old = tmp_path / "v1"
+    shutil.copytree(exported, old)
+    man = json.loads((old / fmt.MANIFEST).read_text())
+    (old / fmt.MODEL_INT8).unlink()
+    os.replace(old / fmt.MODEL_INT8_DYNAMIC, old / fmt.MODEL_INT8)
+    v1 = {**man, "version": 1, "precisions": ["fp32", "int8"],
+          "models": {"fp32": man["models"]["fp32"], "int8": {**man["models"]["int8-dynamic"], "file": fmt.MODEL_INT8}},
+          "parity": {"fp32": man["parity"]["fp32"], "int8": man["parity"]["int8-dynamic"]},
+          "quantization": man["quantization"]["int8-dynamic"]}
+    for m in v1["models"].values():
+        m.pop("batch_invariant")
+    (old / fmt.MANIFEST).write_text(json.dumps(v1))
+    got = fmt.read_manifest(old)
+    assert got[fmt.K_PRECISIONS] == ["fp32", "int8-dynamic"] and got["upgraded_from_version"] == 1
+    assert fmt.model_path(old, "int8-dynamic") == old / fmt.MODEL_INT8
+    assert not fmt.batch_invariant(got, "int8-dynamic") and fmt.batch_invariant(got, "fp32")
+    with pytest.raises(fmt.ExportFormatError, match="no int8 model.*--quantize int8"):
+        fmt.model_path(old, "int8")
 
 
 def test_optimize_fuses_and_keeps_parity(optimized, model, tok):
@@ -241,16 +319,26 @@ def test_optimize_fuses_and_keeps_parity(optimized, model, tok):
     assert opt["nodes_after"] < opt["nodes_before"]
     assert "fused" in stdout and "Attention" in stdout
     assert man[fmt.K_OPSET] == 17 and man["opset_requested"] == 17
-    assert man[fmt.K_PRECISIONS] == ["fp32", "int8"] and man[fmt.K_QUANTIZATION]["source"].endswith("(fused)")
+    assert man[fmt.K_PRECISIONS] == ["fp32", "int8", "int8-dynamic"]
+    q = man[fmt.K_QUANTIZATION]
+    assert q["int8-dynamic"]["source"].endswith("(fused)")
+    # static int8 of the fused graph: the linear layers outside the Attention op are quantised
+    assert q["int8"]["source"].endswith("(fused)") and q["int8"]["symbolic_shape_inference"]
+    assert q["int8"]["matmuls_quantized"] + len(q["int8"]["kept_fp32"]) == q["int8"]["matmuls_total"]
+    assert q["int8"]["matmuls_quantized"] > 0
+    assert q["int8"]["node_counts"]["QuantizeLinear"] > 0 and q["int8"]["calibration"]["source"] == "file"
+    assert man[fmt.K_PARITY]["int8"]["max_abs_emission_diff_batched_vs_alone"] == 0.0
+    assert not any(p.name.startswith(".") for p in out.iterdir())
     assert not (out / "model.opt.onnx").exists()  # the fused graph replaces model.onnx
     onnx.checker.check_model(str(out / fmt.MODEL_FP32))
     assert any(n.op_type == "Attention" for n in onnx.load(str(out / fmt.MODEL_FP32)).graph.node)
     sentences = REAL + random_sentences(tok, seed=2)
     diff, tags, ref_tags, _ = check_parity(out / fmt.MODEL_FP32, model, tok, sentences)
     assert diff < 1e-4 and tags == ref_tags
-    _, tags8, _, agree8 = check_parity(out / fmt.MODEL_INT8, model, tok, sentences, atol=1.0)
-    print(f"fused int8 tag agreement {agree8:.4f}")
-    assert [len(t) for t in tags8] == [len(t) for t in ref_tags]
+    for q in fmt.QUANTIZED:
+        _, tags8, _, agree8 = check_parity(fmt.model_path(out, q), model, tok, sentences, atol=1.0)
+        print(f"fused {q} tag agreement {agree8:.4f}")
+        assert [len(t) for t in tags8] == [len(t) for t in ref_tags]
 
 
 def test_optimize_nothing_fused_is_reported(run_dir, tmp_path, monkeypatch, capsys):
@@ -268,7 +356,7 @@ def test_optimize_nothing_fused_is_reported(run_dir, tmp_path, monkeypatch, caps
     man = fmt.read_manifest(out)
     assert man[fmt.K_OPTIMIZE]["applied"] is False and man[fmt.K_OPTIMIZE]["fused_total"] == 0
     assert "nothing was fused" in man[fmt.K_OPTIMIZE]["note"]
-    assert man[fmt.K_PRECISIONS] == ["fp32"] and man[fmt.K_QUANTIZATION] is None
+    assert man[fmt.K_PRECISIONS] == ["fp32"] and man[fmt.K_QUANTIZATION] == {}
     with pytest.raises(fmt.ExportFormatError, match="no int8 model"):
         fmt.model_path(out, "int8")
 
@@ -316,12 +404,16 @@ def bad_inputs(run_dir, tmp_path_factory, tok):
         "max_length_too_long": ([best, "--out", base / "o3", "--max-length", "100000"], "max_length"),
         "out_not_an_export": ([best, "--out", occupied], "refusing"),
         "out_overlaps_checkpoint": ([best, "--out", run_dir], "overlap"),
+        "calibration_missing": ([best, "--out", base / "o4", "--quantize", "int8", "--calibration", base / "no.txt"],
+                                "calibration file"),
+        "calibration_dataset_missing": ([best, "--out", base / "o5", "--quantize", "int8", "--calibration-dataset",
+                                         "conll2003", "--data-dir", base / "nodata"], "calibration data"),
     }, base
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "plain_hf_folder", "missing_crf_tensors", "crf_wrong_shape",
                                   "opset_too_high", "opset_too_low", "max_length_too_long", "out_not_an_export",
-                                  "out_overlaps_checkpoint"])
+                                  "out_overlaps_checkpoint", "calibration_missing", "calibration_dataset_missing"])
 def test_bad_input_clean_error(bad_inputs, run_dir, case):
     cases, base = bad_inputs
     args, message = cases[case]
@@ -348,13 +440,18 @@ def test_failure_mid_export_leaves_previous_export(run_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(q, "quantize_dynamic", boom)
     with pytest.raises(exp.ExportFailed, match="simulated quantization crash"):
-        exp.export(run_dir, out=out, quantize="int8", quiet=True)
+        exp.export(run_dir, out=out, quantize="int8-dynamic", quiet=True)
     assert sorted(p.name for p in out.parent.iterdir()) == ["export"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # a fresh target whose parents do not exist yet: nothing is left behind either
     fresh = tmp_path / "a" / "b" / "export"
     with pytest.raises(exp.ExportFailed):
-        exp.export(run_dir, out=fresh, quantize="int8", quiet=True)
+        exp.export(run_dir, out=fresh, quantize="int8-dynamic", quiet=True)
+    # the static quantizer failing: the same (here after a successful calibration data load)
+    monkeypatch.setattr(q, "quantize_static", boom)
+    with pytest.raises(exp.ExportFailed, match="static int8 quantization failed.*simulated"):
+        exp.export(run_dir, out=out, quantize="int8", quiet=True, calibration_size=4)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not (tmp_path / "a").exists()
 
 

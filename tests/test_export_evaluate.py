@@ -18,7 +18,6 @@ def setup(tmp_path_factory):
     tok = _tokenizer()
     run = base / "runs" / "student"
     tiny_model(seed=4).save(run / "best", tok, {"kind": "student", "method": "kd", "args": {"max_length": 64}})
-    out = exp.export(run, quantize="int8", quiet=True)
     # gold tags = the PyTorch model's own predictions, so that F1 is 1.0 and deltas are meaningful
     model, _, _ = load(run)
     sents = REAL + random_sentences(tok, n=14, seed=5)
@@ -31,14 +30,16 @@ def setup(tmp_path_factory):
             for i in rows:
                 f.writelines(f"{w} {t}\n" for w, t in zip(sents[i], pred[i]))
                 f.write("\n")
+    # static int8 calibrated on the train split of that dataset, and the dynamic one
+    out = exp.export(run, quantize=["int8", "int8-dynamic"], quiet=True, calibration_dataset=str(data))
     return out, data, sents
 
 
 def test_evaluate_export_cli(setup, capsys):
     out, data, sents = setup
-    assert ev_export.main([str(out), "--dataset", str(data), "--split", "dev", "--precision", "both"]) == 0
+    assert ev_export.main([str(out), "--dataset", str(data), "--split", "dev", "--precision", "all"]) == 0
     stdout = capsys.readouterr().out
-    assert "pytorch" in stdout and "fp32" in stdout and "int8" in stdout
+    assert "pytorch" in stdout and "fp32" in stdout and "int8-dynamic" in stdout
     files = list(out.glob("eval-*-dev.json"))
     assert len(files) == 1
     r = json.loads(files[0].read_text())
@@ -46,10 +47,12 @@ def test_evaluate_export_cli(setup, capsys):
     assert r["pytorch"]["f1"] == pytest.approx(1.0) or r["pytorch"]["support"] == 0
     assert r["fp32"]["f1"] == r["pytorch"]["f1"] and r["delta_f1"]["fp32"] == 0.0
     assert r["fp32"]["agreement_with_pytorch"] == 1.0
-    assert 0.0 <= r["int8"]["f1"] <= 1.0 and "int8_vs_fp32" in r["delta_f1"]
+    for q in fmt.QUANTIZED:
+        assert 0.0 <= r[q]["f1"] <= 1.0 and f"{q}_vs_fp32" in r["delta_f1"]
+    assert "int8" in stdout and "int8-dynamic" in stdout
     assert r["checkpoint_matches_manifest"] is True
     print(f"pytorch F1 {r['pytorch']['f1']:.4f}  fp32 {r['fp32']['f1']:.4f}  int8 {r['int8']['f1']:.4f} "
-          f"(int8 tags = pytorch {r['int8']['agreement_with_pytorch']:.4f})")
+          f"int8-dynamic {r['int8-dynamic']['f1']:.4f}")
 
 
 def test_evaluate_export_limit_and_errors(setup, tmp_path, capsys):
