@@ -21,17 +21,34 @@ For a sequence of length ``n`` the score of a tag path ``y`` is::
 
 and ``P(y) = exp(score(y) - log Z)``. All functions are pure (they take the
 potentials explicitly) so they can be used with ``torch.func.functional_call``
-or with temperature-scaled potentials (``emissions / t`` etc.). Any float dtype
-and any device work; the DP loops over positions only and is vectorised over
+or with temperature-scaled potentials (``emissions / t`` etc.). Any device works;
+half-precision potentials (e.g. bf16 logits under mixed precision) are cast to
+float32 at the entry of every function and the dynamic programs run in float32
+with autocast off (float64 stays float64); the DP loops over positions only and is vectorised over
 batch and labels. Following pytorch-struct, the forward algorithm is written
 once (:func:`_forward`) and marginals are obtained as gradients of ``log Z``.
 """
+import functools
 from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["sequence_score", "log_partition", "nll", "marginals", "viterbi", "kbest", "CRF"]
+
+
+def _float32(fn):
+    """Run ``fn`` with half-precision tensor arguments cast to float32 and autocast off: log-sum-exp
+    chains over a sentence lose too much in bf16/fp16. float32/float64 arguments pass unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        def cast(x):
+            return x.float() if torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16) else x
+
+        device = next((x.device.type for x in args if torch.is_tensor(x)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return fn(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+    return wrapper
 
 
 def _check(emissions: Tensor, mask: Tensor) -> Tensor:
@@ -67,6 +84,7 @@ def _forward(emissions: Tensor, mask: Tensor, edges: Sequence[Tensor], start: Te
     return torch.logsumexp(alpha + end, dim=1)
 
 
+@_float32
 def sequence_score(emissions: Tensor, tags: Tensor, mask: Tensor,
                    transitions: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """Unnormalised score of ``tags`` under the CRF, shape ``(B,)``."""
@@ -81,12 +99,14 @@ def sequence_score(emissions: Tensor, tags: Tensor, mask: Tensor,
             + torch.where(mask[:, 1:], trans, zero).sum(1) + end[last])
 
 
+@_float32
 def log_partition(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """Log partition function ``log Z``, shape ``(B,)``."""
     mask = _check(emissions, mask)
     return _forward(emissions, mask, [transitions] * (emissions.shape[1] - 1), start, end)
 
 
+@_float32
 def nll(emissions: Tensor, tags: Tensor, mask: Tensor,
         transitions: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """Negative log-likelihood ``log Z - score(tags)``, shape ``(B,)`` (no reduction)."""
@@ -94,6 +114,7 @@ def nll(emissions: Tensor, tags: Tensor, mask: Tensor,
             - sequence_score(emissions, tags, mask, transitions, start, end))
 
 
+@_float32
 def marginals(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tensor, end: Tensor,
               create_graph: bool = False) -> Tuple[Tensor, Tensor]:
     """Posterior node and edge marginals, computed as gradients of ``log Z``.
@@ -148,6 +169,7 @@ def _kbest_dp(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tenso
     return final, paths * mask[:, None, :]
 
 
+@_float32
 @torch.no_grad()
 def viterbi(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tensor,
             end: Tensor) -> Tuple[Tensor, Tensor]:
@@ -157,6 +179,7 @@ def viterbi(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tensor,
     return scores[:, 0], paths[:, 0]
 
 
+@_float32
 @torch.no_grad()
 def kbest(emissions: Tensor, mask: Tensor, transitions: Tensor, start: Tensor, end: Tensor,
           k: int) -> Tuple[Tensor, Tensor]:

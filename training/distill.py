@@ -15,6 +15,7 @@ selection); ``--quiz-split dev`` uses the dev split as quiz data, the paper's li
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -123,6 +124,11 @@ def main(argv=None) -> dict:
     cfg = meta.MetaConfig(dargs.kd_loss, dargs.alpha, dargs.temperature, dargs.pilot_lr,
                           dargs.teacher_grad_clip, dargs.pilot_params) if dargs.method == "msd" else None
     trainer.set_threads(targs.threads)
+    trainer.setup(targs)  # accelerate: processes, device, mixed precision
+    if cfg and targs.mixed_precision == "fp16":
+        trainer._arg_error("--method msd: the teacher's meta-gradient is not loss-scaled; use --mixed-precision bf16")
+    if cfg and trainer.world_size() > 1:  # the teacher's gradient is reduced, then clipped, by sync_optimizer
+        cfg = dataclasses.replace(cfg, teacher_grad_clip=0.0)
 
     teacher, t_tok, t_info = model_lib.load(dargs.teacher, device=targs.device)
     if targs.dataset == "default" and t_info.get("dataset") not in (None, "default"):
@@ -163,6 +169,8 @@ def main(argv=None) -> dict:
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
     sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
     t_opt = trainer.adam(list(teacher.parameters()), lr=dargs.teacher_lr) if cfg else None
+    if t_opt:
+        trainer.sync_optimizer(t_opt, dargs.teacher_grad_clip)  # several processes: one teacher update
 
     quiz = {}
     if cfg:
@@ -178,7 +186,7 @@ def main(argv=None) -> dict:
     def step(batch):
         logs = {}
         if cfg:
-            q = trainer._to(next(quiz["it"]), targs.device)
+            q = trainer.local_batch(next(quiz["it"]))  # this process's rows of the quiz batch
             logs |= meta.teacher_step(student, teacher, t_opt, batch, q, cfg)
         targets = None
         if kd_method != "none":

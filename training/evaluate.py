@@ -7,6 +7,7 @@ the gold side always has every word.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 
@@ -21,19 +22,34 @@ METRIC_KEYS = ("precision", "recall", "f1")
 _SEQEVAL = {"precision": "precision", "recall": "recall", "f1": "f1-score"}
 
 
+def _process_group() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, else (1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 @torch.no_grad()
-def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool = False):
+def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool = False,
+            distributed: bool = False):
     """Viterbi tags (strings) for every sentence of ``encoded``, padded with ``O`` for cut words.
 
     With ``with_loss`` also returns the mean CRF NLL of the gold tags (kept words) per sentence.
+    With ``distributed`` (every process of the group must call it): the batches are dealt round-robin
+    to the processes and the predictions gathered, so each process returns every sentence's tags,
+    each sentence predicted once, in the same batch as on one process.
     """
     was_training = model.training
     model.eval()
     labels = model.labels
-    out: list[list[str] | None] = [None] * len(encoded.items)
+    world, rank = _process_group() if distributed else (1, 0)
+    mine: dict[int, list[str]] = {}
     nll_sum = 0.0
     try:
-        for batch in data_lib.batches(encoded, batch_size, bucket=True):
+        batches = data_lib.batches(encoded, batch_size, bucket=True)
+        for batch in itertools.islice(batches, rank, None, world):
             idx = batch.pop("index").tolist()
             batch = {k: v.to(device) for k, v in batch.items()}
             p = model(batch)
@@ -42,11 +58,26 @@ def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool 
                 nll_sum += float(crf.nll(p.emissions, batch["labels"], *p.args()[1:]).sum())
             for row, i in enumerate(idx):
                 tags = [labels[t] for t in paths[row, : int(p.mask[row].sum())].tolist()]
-                out[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
+                mine[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
     finally:
         model.train(was_training)
+    parts = [(mine, nll_sum)]
+    if world > 1:
+        import torch.distributed as dist
+
+        parts = [None] * world
+        dist.all_gather_object(parts, (mine, nll_sum))
+    out: list[list[str] | None] = [None] * len(encoded.items)
+    for tags_by_index, _ in parts:
+        for i, tags in tags_by_index.items():
+            if out[i] is not None:
+                raise RuntimeError(f"sentence {i} was predicted twice")
+            out[i] = tags
+    missing = sum(o is None for o in out)
+    if missing:
+        raise RuntimeError(f"{missing} sentences were not predicted")
     if with_loss:
-        return out, nll_sum / max(len(out), 1)
+        return out, sum(loss for _, loss in parts) / max(len(out), 1)
     return out
 
 
@@ -68,9 +99,12 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
     }
 
 
-def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu") -> dict:
+def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu", distributed: bool = False) -> dict:
+    """Entity metrics (and mean NLL) of ``model`` on ``encoded`` (the tokenized ``sentences``); with
+    ``distributed`` the work is shared by the processes (:func:`predict`) and every process gets the
+    metrics of all the sentences."""
     t0 = time.perf_counter()
-    pred, loss = predict(model, encoded, batch_size, device, with_loss=True)
+    pred, loss = predict(model, encoded, batch_size, device, with_loss=True, distributed=distributed)
     m = entity_metrics([s.tags for s in sentences], pred)
     m["loss"] = loss
     m["sentences"] = len(sentences)

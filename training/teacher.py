@@ -48,6 +48,7 @@ def encode_splits(splits, tokenizer, labels, max_length):
 def main(argv=None) -> dict:
     margs, targs = trainer.parse_args((ModelArgs, trainer.TrainArgs), argv)
     trainer.set_threads(targs.threads)
+    trainer.setup(targs)  # accelerate: processes, device, mixed precision
     out = trainer.prepare_run_dir(targs)
     splits = load_data(targs)
     print(f"dataset {splits.name} ({splits.source}): {len(splits.train)} train / {len(splits.dev)} dev / "

@@ -6,11 +6,23 @@ after every epoch, the best-on-dev checkpoint kept in ``RUN/best``, and the full
 ``RUN/last`` (model, optimizers, schedulers, extra modules such as MSD's teacher), both written
 atomically. ``--resume`` restarts after the last finished epoch.
 
+Several processes (``accelerate launch`` / ``torchrun``): data parallel through Hugging Face
+``accelerate`` (:func:`setup`). Every process walks the same global batches (same order); each
+takes its rows (:func:`shard`); after the backward pass the gradients are averaged across
+processes weighted by each process's share of the global batch (:func:`reduce_gradients`), so N
+processes make the same update as one process given the same global batch (up to float rounding),
+uneven last batches included. The gradients are reduced explicitly, not by a DDP wrapper: the
+callers' steps call model methods and ``torch.func.functional_call`` (MSD), which a DDP wrapper
+would bypass. Dev/test predictions are gathered across processes; only the main process writes
+checkpoints and logs. ``--mixed-precision bf16|fp16`` runs the steps under accelerate's autocast
+(fp16 with gradient scaling); the CRF dynamic programs stay in float32 (:mod:`training.crf`).
+
 Optimizer state is stored as safetensors (+ JSON for scalars), never pickled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -54,7 +66,10 @@ class TrainArgs:
     limit_eval: int | None = field(default=None, metadata={"help": "use only the first N dev/test sentences"})
     log_every: int = 50
     bucket: bool = field(default=True, metadata={"help": "batch sentences of similar length (less padding)"})
-    device: str = "cpu"
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu) | cpu | cuda | cuda:N; "
+                                                          "under accelerate launch / torchrun: auto | cpu | cuda"})
+    mixed_precision: str | None = field(default=None, metadata={
+        "help": "no | bf16 | fp16 (fp16: CUDA only, with gradient scaling); default: accelerate's setting, else no"})
 
 
 def parse_args(dataclass_types, argv=None):
@@ -111,12 +126,22 @@ def linear_warmup(optimizer, total_steps: int, warmup_ratio: float):
 
 
 def update(loss: torch.Tensor, model, optimizer, scheduler, grad_clip: float) -> None:
-    """One optimizer update: backward, gradient clipping (``grad_clip <= 0``: none), step, schedule."""
+    """One optimizer update: backward, gradients averaged across processes (:func:`reduce_gradients`),
+    clipping (``grad_clip <= 0``: none), step, schedule. fp16: scaled loss, unscaled before clipping."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler = getattr(_DIST.accelerator, "scaler", None)
+    with _no_autocast(loss.device.type):
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+    reduce_gradients(model.parameters())
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped (and the scale lowered) if a gradient is inf/nan
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
 
 
@@ -145,19 +170,206 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+# ---------------------------------------------------------------------------------------------
+# Several processes and mixed precision (accelerate)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Dist:
+    accelerator: object | None = None  # accelerate.Accelerator, made by setup()
+    device: torch.device = torch.device("cpu")
+    share: float = 1.0  # this process's rows / the rows of the current global batch
+
+
+_DIST = _Dist()
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def _arg_error(msg: str):
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def setup(args: TrainArgs):
+    """Make the ``accelerate.Accelerator`` of this run and resolve ``args.device`` / ``args.mixed_precision``
+    (in place, so the run's recorded arguments say what ran). Call it first: it joins the process group
+    when launched by ``accelerate launch`` / ``torchrun`` (gloo on CPU, NCCL on GPUs).
+
+    A plain ``python -m ...`` is one process: ``--device`` is used as given (``auto``: cuda if available).
+    Under a launcher each process takes accelerate's device (``cuda:LOCAL_RANK``, or the CPU with
+    ``--device cpu`` / ``accelerate launch --cpu`` / no GPU)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if args.mixed_precision is not None and args.mixed_precision not in PRECISIONS:
+        _arg_error(f"--mixed-precision must be one of {', '.join(PRECISIONS)}, got {args.mixed_precision!r}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.device == "auto":
+        cpu = not torch.cuda.is_available()
+    else:
+        try:
+            kind = torch.device(args.device).type
+        except RuntimeError:
+            _arg_error(f"--device: unknown device {args.device!r} (auto, cpu, cuda, cuda:N)")
+        if world > 1 and args.device not in ("cpu", "cuda"):
+            _arg_error(f"--device {args.device}: with several processes use auto, cpu or cuda "
+                       "(each process takes its own GPU)")
+        if kind == "cuda" and not torch.cuda.is_available():
+            _arg_error(f"--device {args.device}: CUDA is not available")
+        cpu = kind == "cpu"
+    AcceleratorState._reset_state()  # another run in this process may use another precision
+    acc = Accelerator(mixed_precision=args.mixed_precision, cpu=cpu)
+    device = acc.device if world > 1 or args.device == "auto" else torch.device(args.device)
+    if acc.mixed_precision == "fp16" and device.type == "cpu":
+        _arg_error("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
+    args.device, args.mixed_precision = str(device), acc.mixed_precision
+    _DIST.accelerator, _DIST.device, _DIST.share = acc, device, 1.0
+    return acc
+
+
+def world_size() -> int:
+    return _DIST.accelerator.num_processes if _DIST.accelerator is not None else 1
+
+
+def is_main() -> bool:
+    return _DIST.accelerator is None or _DIST.accelerator.is_main_process
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        _DIST.accelerator.wait_for_everyone()
+
+
+def _rows(batch) -> int:
+    if isinstance(batch, dict):
+        return next(_rows(v) for v in batch.values() if isinstance(v, dict) or torch.is_tensor(v))
+    return int(batch.shape[0])
+
+
+def _take(batch, rows: torch.Tensor, memo: dict):
+    if isinstance(batch, dict):
+        if id(batch) not in memo:  # a sub-batch shared by two keys stays shared
+            memo[id(batch)] = {k: _take(v, rows, memo) for k, v in batch.items()}
+        return memo[id(batch)]
+    return batch.index_select(0, rows) if torch.is_tensor(batch) else batch
+
+
+def shard(batch: dict) -> tuple[dict, float]:
+    """This process's rows of a global batch (rows ``rank, rank + N, ...``: similar lengths on every
+    process) and its share of the batch (its rows / all rows). ``batch``: a dict of tensors of batch
+    size B on dimension 0, or of such dicts. One process: the batch itself, share 1.0. A process that
+    gets no row (B < N) gets row 0 with share 0.0: it runs the step, its gradient counts zero."""
+    n, world = _rows(batch), world_size()
+    if world == 1:
+        return batch, 1.0
+    rows = torch.arange(_DIST.accelerator.process_index, n, world)
+    share = len(rows) / n
+    if len(rows) == 0:
+        rows = torch.zeros(1, dtype=torch.long)
+    return _take(batch, rows, {}), share
+
+
+def local_batch(batch: dict) -> dict:
+    """This process's rows of a global batch (:func:`shard`), on the run's device: e.g. MSD's quiz batch."""
+    return _to(shard(batch)[0], _DIST.device)
+
+
+def reduce_gradients(params, share: float | None = None) -> None:
+    """Make ``.grad`` the global-batch gradient on every process: the sum over processes of
+    share * local gradient (the local gradient is the mean over the process's sentences, so this is
+    the mean over the global batch whatever the split). ``share``: default the current step's
+    (set by :func:`run`). A no-op on one process. Every process must call it with the same parameters
+    holding gradients (a parameter without ``.grad`` is skipped)."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    w = _DIST.share if share is None else share
+    grads = [p.grad for p in params if p.grad is not None]
+    buckets: dict[tuple, list] = {}
+    for g in grads:
+        buckets.setdefault((g.dtype, g.device), []).append(g)
+    for group in buckets.values():
+        for i in range(0, len(group), 64):  # flat buffers of 64 tensors: few collectives, bounded memory
+            part = group[i:i + 64]
+            flat = torch.cat([g.reshape(-1) for g in part]).mul_(w)
+            dist.all_reduce(flat)
+            offset = 0
+            for g in part:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+
+def sync_optimizer(optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """For an optimizer whose gradients are made outside :func:`update` (MSD's teacher): on several
+    processes, reduce its parameters' gradients (:func:`reduce_gradients`) and clip them
+    (``grad_clip <= 0``: no clipping) just before each ``optimizer.step()``, so every process makes the
+    same update, as for the student. The caller must then not clip those gradients itself (on the
+    local gradients). A no-op on one process."""
+    if world_size() == 1:
+        return
+
+    def before_step(opt, args, kwargs):
+        params = [p for g in opt.param_groups for p in g["params"]]
+        reduce_gradients(params)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+
+    optimizer.register_step_pre_hook(before_step)
+
+
+def _no_autocast(device_type: str):
+    """Backward passes outside autocast (they follow the dtypes the forward chose)."""
+    acc = _DIST.accelerator
+    if acc is None or acc.mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
+def _autocast():
+    acc = _DIST.accelerator
+    return acc.autocast() if acc is not None and acc.mixed_precision != "no" else contextlib.nullcontext()
+
+
+def _reduce_logs(logs: dict, share: float) -> dict:
+    """The step's logged values for the global batch: share-weighted means, ``tokens`` summed."""
+    if world_size() == 1:
+        return logs
+    import torch.distributed as dist
+
+    keys = sorted(logs)
+    v = torch.tensor([float(logs[k]) * (float(share > 0) if k == "tokens" else share) for k in keys],
+                     dtype=torch.float64, device=_DIST.device)
+    dist.all_reduce(v)
+    return dict(zip(keys, v.tolist()))
+
+
+def _broadcast(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers to every process (they start equal; this makes sure)."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, 0)
+
+
 def prepare_run_dir(args: TrainArgs) -> Path:
-    """Refuse to clobber a finished or partial run unless --resume or --overwrite."""
+    """Refuse to clobber a finished or partial run unless --resume or --overwrite.
+    Several processes: all check, then the main process alone replaces/creates the directory."""
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
         raise SystemExit(
             f"error: {out} already exists. Use --resume to continue it, --overwrite to replace it, "
             f"or --out to choose another directory."
         )
-    if out.exists() and args.overwrite and not args.resume:
-        import shutil
+    barrier()
+    if is_main():
+        if out.exists() and args.overwrite and not args.resume:
+            import shutil
 
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
     return out
 
 
@@ -210,41 +422,60 @@ def _load_state(fit: Fit, directory: Path) -> dict:
 
 
 def run(fit: Fit) -> dict:
-    """Train for ``args.epochs``; returns the final metrics (dev of the best epoch, and test)."""
+    """Train for ``args.epochs``; returns the final metrics (dev of the best epoch, and test).
+    Several processes: every process calls it; the returned metrics are the same on all."""
     args = fit.args
+    if _DIST.accelerator is None:
+        setup(args)
+    main, world, device = is_main(), world_size(), _DIST.device
     out = Path(args.out)
     log_path = out / ckpt.LOG_FILE
     state = {"epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": 0, "train_seconds": 0.0, "tokens": 0}
-    for name in (ckpt.BEST, ckpt.LAST, *fit.extras):
-        ckpt.recover(out / name)
+    if main:
+        for name in (ckpt.BEST, ckpt.LAST, *fit.extras):
+            ckpt.recover(out / name)
+    barrier()
     if args.resume and not (out / ckpt.LAST).exists() and (out / ckpt.BEST).exists():
         raise SystemExit(f"error: {out} has a best/ checkpoint but no last/ resume state; "
                          "use --overwrite to start again")
+    say = print if main else (lambda *a, **k: None)
     if args.resume and (out / ckpt.LAST / "trainer_state.json").exists():
-        state = _load_state(fit, out / ckpt.LAST)
+        state = _load_state(fit, out / ckpt.LAST)  # the state is global: resumable by any number of processes
         state.pop("schedulers", None)
-        print(f"resuming {out} after epoch {state['epoch']} (best dev F1 {state['best_f1']:.4f})")
+        say(f"resuming {out} after epoch {state['epoch']} (best dev F1 {state['best_f1']:.4f})")
         if state["epoch"] >= args.epochs:
-            print("all epochs already done")
+            say("all epochs already done")
     elif args.resume:
-        print(f"nothing to resume in {out}; starting from scratch")
+        say(f"nothing to resume in {out}; starting from scratch")
+    if world > 1:
+        for module in [fit.model, *(m for m, _, _ in fit.extras.values())]:
+            _broadcast(module)
 
-    device = torch.device(args.device)
+    def evaluate(split):
+        with _autocast():
+            return eval_lib.evaluate(fit.model, *split, batch_size=args.eval_batch_size, device=device,
+                                     distributed=True)
+
     if state["epoch"] == 0:  # the starting point, for comparison
-        dev = eval_lib.evaluate(fit.model, *fit.dev, batch_size=args.eval_batch_size, device=device)
-        ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"]})
+        dev = evaluate(fit.dev)
+        if main:
+            ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"]})
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        torch.manual_seed(args.seed * 1000 + epoch)  # dropout: reproducible and resumable per epoch
+        # dropout: reproducible and resumable per epoch (and different on every process)
+        torch.manual_seed(args.seed * 1000 + epoch + 7919 * _DIST.accelerator.process_index)
         if fit.on_epoch_start:
             fit.on_epoch_start(epoch)
         fit.model.train()
         t0, tokens = time.perf_counter(), 0
         bar = tqdm(fit.train_batches(epoch), total=fit.steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}",
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=None if main else True)
         sums: dict[str, float] = {}
         n = 0
         for batch in bar:
-            logs = fit.step(_to(batch, device))
+            batch, _DIST.share = shard(batch)
+            with _autocast():
+                logs = fit.step(_to(batch, device))
+            logs = _reduce_logs(logs, _DIST.share)
             n += 1
             state["global_step"] += 1
             tokens += int(logs["tokens"])
@@ -252,51 +483,58 @@ def run(fit: Fit) -> dict:
                 sums[k] = sums.get(k, 0.0) + float(v)
             if "loss" in logs and not math.isfinite(float(logs["loss"])):
                 raise FloatingPointError(f"non-finite loss at step {state['global_step']}: {logs}")
-            if state["global_step"] % args.log_every == 0:
+            if main and state["global_step"] % args.log_every == 0:
                 ckpt.append_jsonl(log_path, {"step": state["global_step"], "epoch": epoch,
                                              **{k: float(v) for k, v in logs.items()}})
             bar.set_postfix({k: f"{float(v):.3f}" for k, v in logs.items() if k != "tokens"})
         seconds = time.perf_counter() - t0
         state["train_seconds"] += seconds
         state["tokens"] += tokens
-        dev = eval_lib.evaluate(fit.model, *fit.dev, batch_size=args.eval_batch_size, device=device)
+        dev = evaluate(fit.dev)
         record = {
             "epoch": epoch,
             "dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"],
             "dev_loss": dev["loss"],
             "train_seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             **{f"mean_{k}": v / max(n, 1) for k, v in sums.items() if k != "tokens"},
+            **({"processes": world} if world > 1 else {}),
         }
-        ckpt.append_jsonl(log_path, record)
-        print(f"epoch {epoch}: dev F1 {dev['f1']:.4f} (P {dev['precision']:.4f} R {dev['recall']:.4f}), "
-              f"{record['tokens_per_second']:.0f} tok/s")
         state["epoch"] = epoch
-        if dev["f1"] > state["best_f1"]:
+        better = dev["f1"] > state["best_f1"]
+        if better:
             state["best_f1"], state["best_epoch"] = dev["f1"], epoch
-            with ckpt.atomic_dir(out / ckpt.BEST) as tmp:
-                fit.model.save(tmp, fit.tokenizer, fit.run_info | {"epoch": epoch, "metrics": {"dev": dev}})
-            for name, (module, tok, info) in fit.extras.items():
-                with ckpt.atomic_dir(out / name) as tmp:
-                    module.save(tmp, tok, info | {"epoch": epoch})
-        with ckpt.atomic_dir(out / ckpt.LAST) as tmp:
-            _save_state(fit, tmp, epoch, state)
+        if main:
+            ckpt.append_jsonl(log_path, record)
+            print(f"epoch {epoch}: dev F1 {dev['f1']:.4f} (P {dev['precision']:.4f} R {dev['recall']:.4f}), "
+                  f"{record['tokens_per_second']:.0f} tok/s")
+            if better:
+                with ckpt.atomic_dir(out / ckpt.BEST) as tmp:
+                    fit.model.save(tmp, fit.tokenizer, fit.run_info | {"epoch": epoch, "metrics": {"dev": dev}})
+                for name, (module, tok, info) in fit.extras.items():
+                    with ckpt.atomic_dir(out / name) as tmp:
+                        module.save(tmp, tok, info | {"epoch": epoch})
+            with ckpt.atomic_dir(out / ckpt.LAST) as tmp:
+                _save_state(fit, tmp, epoch, state)
+        barrier()  # every process goes on once the epoch's checkpoints are written
 
     # final: reload the best checkpoint, evaluate dev and test once
     from training import model as model_lib
 
     best, _, info = model_lib.load(out)
     fit.model.load_state_dict(best.state_dict())
-    dev = eval_lib.evaluate(fit.model, *fit.dev, batch_size=args.eval_batch_size, device=device)
-    test = eval_lib.evaluate(fit.model, *fit.test, batch_size=args.eval_batch_size, device=device)
+    dev = evaluate(fit.dev)
+    test = evaluate(fit.test)
     summary = {
         "best_epoch": state["best_epoch"],
         "train_seconds": round(state["train_seconds"], 1),
         "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
     }
-    ckpt.update_metrics(out, "dev", dev)
-    ckpt.update_metrics(out, "test", test)
-    ckpt.write_json(ckpt.resolve(out) / ckpt.RUN_FILE, info | {"metrics": {"dev": dev, "test": test}, "train": summary})
-    ckpt.append_jsonl(log_path, {"final": True, "dev_f1": dev["f1"], "test_f1": test["f1"], **summary})
+    if main:
+        ckpt.update_metrics(out, "dev", dev)
+        ckpt.update_metrics(out, "test", test)
+        ckpt.write_json(ckpt.resolve(out) / ckpt.RUN_FILE, info | {"metrics": {"dev": dev, "test": test}, "train": summary})
+        ckpt.append_jsonl(log_path, {"final": True, "dev_f1": dev["f1"], "test_f1": test["f1"], **summary})
+    barrier()
     return {"dev": dev, "test": test, **summary}
 
 
