@@ -179,6 +179,7 @@ class Fit:
     schedulers: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)  # name -> (module, tokenizer, run_info): saved in last/ and beside best
     on_epoch_start: Callable[[int], None] | None = None
+    on_epoch_end: Callable[[int], dict | None] | None = None  # after dev eval (epoch 0: before training); returns logs
 
 
 def _save_state(fit: Fit, directory: Path, epoch: int, state: dict) -> None:
@@ -232,7 +233,8 @@ def run(fit: Fit) -> dict:
     device = torch.device(args.device)
     if state["epoch"] == 0:  # the starting point, for comparison
         dev = eval_lib.evaluate(fit.model, *fit.dev, batch_size=args.eval_batch_size, device=device)
-        ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"]})
+        extra = (fit.on_epoch_end(0) or {}) if fit.on_epoch_end else {}
+        ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"], **extra})
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         torch.manual_seed(args.seed * 1000 + epoch)  # dropout: reproducible and resumable per epoch
         if fit.on_epoch_start:
@@ -266,6 +268,7 @@ def run(fit: Fit) -> dict:
             "dev_loss": dev["loss"],
             "train_seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             **{f"mean_{k}": v / max(n, 1) for k, v in sums.items() if k != "tokens"},
+            **((fit.on_epoch_end(epoch) or {}) if fit.on_epoch_end else {}),
         }
         ckpt.append_jsonl(log_path, record)
         print(f"epoch {epoch}: dev F1 {dev['f1']:.4f} (P {dev['precision']:.4f} R {dev['recall']:.4f}), "
