@@ -60,7 +60,7 @@ GRIDS = {  # presets: the issue's deliverables, in order of priority
     "teacher_lr_seeds": dict(datasets=["conll2003"], methods=["msd"], seeds=[1, 2], layers=[3], alphas=[0.5],
                              teacher_lrs="chosen on dev"),
 }
-DEFAULT_TEACHER_LR = 2e-5  # training.distill's --teacher_lr, used by every cell that does not set one
+DEFAULT_TEACHER_LR = 2e-6  # training.distill's --teacher_lr, used by every cell that does not set one
 
 
 def cell_key(c: dict) -> str:
