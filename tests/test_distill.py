@@ -442,10 +442,10 @@ def test_meta_every_and_quiz_batch_size_in_a_run(toy_teacher, tmp_path, monkeypa
 
     monkeypatch.setattr(meta.MetaTeacher, "step", spy)
     out = tmp_path / "every3"
-    result = _distill(toy_teacher, out, "msd", 2, "--limit_train", "40", "--meta_every", "3", "--quiz_batch_size", "2",
+    result = _distill(toy_teacher, out, "msd", 1, "--limit_train", "40", "--meta_every", "3", "--quiz_batch_size", "2",
                       "--pilot_params", "head", "--teacher_params", "head", "--teacher_anchor", "l2")
-    # 36 training sentences / 8 = 5 student steps per epoch: meta steps before steps 0, 3 | 6, 9 (global)
-    assert seen == [2, 2, 2, 2] and result["msd_teacher"]["meta_steps"] == 4
+    # 36 training sentences / 8 = 5 student steps: meta steps before steps 0 and 3
+    assert seen == [2, 2] and result["msd_teacher"]["meta_steps"] == 2
     saved, original = (load_file(str(d / "model.safetensors")) for d in (out / "teacher", toy_teacher / "best"))
     changed = {k for k in original if not torch.equal(saved[k], original[k])}
     assert changed and all(k.startswith("classifier.") for k in changed), changed  # head only (+ the CRF)
@@ -467,3 +467,13 @@ def test_bad_msd_flags_exit_2_before_any_work(tmp_path, capsys, flag, value):
     with pytest.raises(ValueError):  # the library raises
         meta.MetaTeacher(_tiny_bertcrf(1, 0), meta.MetaConfig(), lr=1e-6, total_steps=1, warmup_ratio=0.0,
                          meta_every=0)
+
+
+def test_distill_cost_measures_the_msd_variants(toy_teacher):
+    from benchmarks import distill_cost
+
+    methods = ["pos", "msd", "msd-second-order"]
+    timing = distill_cost.interleaved(methods, str(toy_teacher), 2, 8, 1, 0, "all")
+    assert set(timing) == set(methods) and all(timing[m]["mean_step_s"] > 0 and timing[m]["steps"] == 2 for m in methods)
+    peak = distill_cost.worker("msd", str(toy_teacher), 2, 8, 1, 0, "all")
+    assert peak["peak_rss_mb"] >= peak["baseline_rss_mb"] > 0
