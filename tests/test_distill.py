@@ -150,6 +150,25 @@ def test_factorised_meta_gradient_equals_second_order(kd_loss, pilot_params, dro
         assert max(float((a - b).abs().max()) for a, b in zip(other, gf)) > 1e-6
 
 
+def test_factorised_handles_any_extra_term(monkeypatch):
+    # a term nonlinear in both the student's and the teacher's outputs (as a layer-wise one would be)
+    real = meta.pilot_terms
+    extra = meta.PilotTerm("extra", 0.7, teacher=lambda t_pot: {"em": t_pot.emissions},
+                           loss=lambda u, t, batch: (u["emissions"] * t["em"]).tanh().sum() + (u["start"] ** 2).sum())
+    monkeypatch.setattr(meta, "pilot_terms", lambda cfg: real(cfg) + [extra])
+    t, s = _teacher_and_student()
+    grads = {}
+    for mode in meta.META_GRADS:
+        cfg = meta.MetaConfig(kd_loss="struct", pilot_lr=0.5, meta_grad=mode, teacher_anchor="none")
+        grads[mode] = meta.meta_gradient(s, t, _batch(1), _batch(2), cfg)[1]
+    monkeypatch.setattr(meta, "pilot_terms", real)
+    without = meta.meta_gradient(s, t, _batch(1), _batch(2), meta.MetaConfig(kd_loss="struct", pilot_lr=0.5,
+                                                                             teacher_anchor="none"))[1]
+    assert max(float((a - b).abs().max()) for a, b in zip(without, grads["factorised"])) > 1e-3  # the term counts
+    for a, b in zip(grads["second-order"], grads["factorised"]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
 def test_factorised_keeps_the_pilot_forward_for_the_real_step():
     t, s = _teacher_and_student()
     cfg = meta.MetaConfig(teacher_anchor="none")
@@ -477,3 +496,13 @@ def test_distill_cost_measures_the_msd_variants(toy_teacher):
     assert set(timing) == set(methods) and all(timing[m]["mean_step_s"] > 0 and timing[m]["steps"] == 2 for m in methods)
     peak = distill_cost.worker("msd", str(toy_teacher), 2, 8, 1, 0, "all")
     assert peak["peak_rss_mb"] >= peak["baseline_rss_mb"] > 0
+
+
+def test_resuming_an_msd_run_from_before_the_guard_says_so(toy_teacher, tmp_path, capsys):
+    out = tmp_path / "old"
+    (out / "last").mkdir(parents=True)
+    (out / "last" / "trainer_state.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        _distill(toy_teacher, out, "msd", 1, "--resume")
+    assert e.value.code == 2 and "older MSD" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == ["last", "trainer_state.json"]  # untouched

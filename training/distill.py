@@ -155,6 +155,11 @@ def main(argv=None) -> dict:
         targs.dataset = t_info["args"]["dataset"]
         targs.data_dir = targs.data_dir or t_info["args"].get("data_dir")
     out = trainer.prepare_run_dir(targs)
+    last = out / ckpt.LAST
+    if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
+        print(f"error: {out} was trained by an older MSD (no teacher-guard state in {last}); "
+              "use --overwrite to start it again", file=sys.stderr)
+        raise SystemExit(2)
     torch.manual_seed(targs.seed)
     student, s_tok, layers = build_student(dargs, teacher, t_tok)
     student.to(targs.device)
