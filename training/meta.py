@@ -43,6 +43,7 @@ halve the lr or stop on a drop). ``topk`` KD is discrete in the teacher and is r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -228,8 +229,10 @@ def _factorised(student, t_pot, batch, quiz, cfg, keep_forward: bool = False):
         params = pilot.params
         device = next(iter(params.values())).device
         rng = _rng_state(device)  # the JVP below reuses the pilot forward's dropout masks
-        # 1. pilot step at fixed T (first order)
-        u = student_outputs(student, params, batch)
+        # 1. pilot step at fixed T (first order); with dropout, the same attention kernel as the JVP's (the
+        # fused ones draw their masks differently; on CPU they refuse dropout anyway)
+        with sdpa_kernel([SDPBackend.MATH]) if student.training else contextlib.nullcontext():
+            u = student_outputs(student, params, batch)
         fixed = [{k: v.detach() for k, v in t.items()} for t in targets]
         keep = keep_forward and not pilot.frozen
         grads = torch.autograd.grad(pilot_loss(u, fixed, batch, cfg, terms), list(params.values()), allow_unused=True,
