@@ -8,7 +8,9 @@ MSD updates the teacher by the meta-gradient of the student's quiz loss and save
 and loses F1, it has stopped being a good tagger and became a "teaching" model. This reports, per
 MSD run: the relative parameter change ``||T_msd - T_0|| / ||T_0||`` (all parameters, and the
 encoder / emission head / CRF separately), the largest absolute change, and the dev and test entity
-F1 of both teachers on the run's dataset. Writes ``benchmarks/results/msd_teacher.{md,json}``; rows of
+F1 of both teachers on the run's dataset (dev F1 as the run recorded it when it did: ``msd_teacher`` in
+its ``metrics.json``, measured by ``training.distill``'s teacher guard on the full dev split, with the
+guard's restores and skipped meta steps). Writes ``benchmarks/results/msd_teacher.{md,json}``; rows of
 runs not analysed this time are kept, a re-analysed run replaces its row.
 """
 
@@ -82,7 +84,18 @@ def analyse(run: Path, data_dir: str | None) -> dict:
     if key not in _ORIGINAL_F1:
         _ORIGINAL_F1[key] = f1s(t0, tok0, splits, ml)
     row["original_f1"] = _ORIGINAL_F1[key]
-    row["meta_updated_f1"] = f1s(t1, tok1, splits, ml)
+    rec = json.loads((run / "metrics.json").read_text()).get("msd_teacher") if (run / "metrics.json").exists() else None
+    if rec and rec.get("dev_f1_after") is not None and not args.get("limit_eval") and dd == args.get("data_dir"):
+        # the run's own record of the teacher saved beside its best student: no need to re-evaluate dev
+        test = eval_lib.evaluate_sentences(t1, tok1, splits.test, ml)["f1"]
+        row["original_f1"] = {"dev": rec["dev_f1_before"], "test": row["original_f1"]["test"]}
+        row["meta_updated_f1"] = {"dev": rec["dev_f1_after"], "test": test}
+        row |= {"dev_f1_source": "recorded", "dev_f1_best": rec.get("dev_f1_best"), "restores": rec.get("restores"),
+                "skipped_steps": rec.get("skipped_steps"), "meta_steps": rec.get("meta_steps"),
+                "lr_factor": rec.get("lr_factor")}
+    else:
+        row["meta_updated_f1"] = f1s(t1, tok1, splits, ml)
+        row["dev_f1_source"] = "measured"
     return row
 
 
@@ -91,15 +104,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# What MSD did to the teacher", "", *[f"- {d}: `{c}`" for d, c in made],
              f"- machine: {meta['machine']}", "",
              "Relative change = ||T_msd − T_0|| / ||T_0|| over the parameters (encoder, emission head, CRF). "
-             "F1: entity F1 of the original teacher and of the meta-updated one saved in `RUN/teacher`.", "",
-             "| run | quiz | rel. change (all) | encoder | head | crf | max abs change | dev F1 T0 -> T_msd | test F1 T0 -> T_msd |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "F1: entity F1 of the original teacher and of the meta-updated one saved in `RUN/teacher` (dev F1 as "
+             "the run recorded it, when it did). Restores / skips: the teacher guard's restores of its best state "
+             "and skipped non-finite meta steps (- for runs from before the guard).", "",
+             "| run | quiz | rel. change (all) | encoder | head | crf | max abs change | dev F1 T0 -> T_msd | "
+             "test F1 T0 -> T_msd | restores / skips |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         o, m = r["original_f1"], r["meta_updated_f1"]
         lines.append(f"| `{r['run']}` | {r['quiz_split']} | {r['relative_change']:.2e} | "
                      f"{r.get('relative_change_encoder', 0):.2e} | {r.get('relative_change_head', 0):.2e} | "
                      f"{r.get('relative_change_crf', 0):.2e} | {r['max_abs_change']:.2e} | "
-                     f"{100 * o['dev']:.2f} -> {100 * m['dev']:.2f} | {100 * o['test']:.2f} -> {100 * m['test']:.2f} |")
+                     f"{100 * o['dev']:.2f} -> {100 * m['dev']:.2f} | {100 * o['test']:.2f} -> {100 * m['test']:.2f} | "
+                     + (f"{r['restores']} / {r['skipped_steps']} |" if r.get("restores") is not None else "- |"))
     return "\n".join(lines) + "\n"
 
 

@@ -18,11 +18,14 @@ import copy
 import dataclasses
 import itertools
 import random
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
+from training import checkpoint as ckpt
 from training import data as data_lib
+from training import evaluate as eval_lib
 from training import losses, meta, trainer
 from training import model as model_lib
 from training.teacher import load_data
@@ -42,12 +45,30 @@ class DistillArgs:
     topk: int = field(default=5, metadata={"help": "k of the Top-K KD loss"})
     kd_loss: str = field(default="pos", metadata={"help": "KD loss inside MSD: pos | struct"})
     pilot_lr: float = field(default=5e-5, metadata={"help": "MSD: lambda, the pilot SGD step size"})
-    teacher_lr: float = field(default=2e-5, metadata={"help": "MSD: learning rate of the teacher's Adam"})
+    teacher_lr: float = field(default=2e-6, metadata={"help": "MSD: peak learning rate of the teacher's Adam (warm-up, linear decay to 0)"})
     teacher_grad_clip: float = 1.0
     pilot_params: str = field(default="all", metadata={"help": "MSD: student parameters moved by the pilot step: all | top (top layer + head + CRF) | head (classifier + CRF); cheaper choices cost less per step"})
     quiz_split: str = field(default="holdout", metadata={"help": "MSD quiz data: holdout (fixed slice of train) | dev"})
     quiz_batch_size: int | None = field(default=None, metadata={"help": "default: --batch-size"})
     holdout_fraction: float = 0.1
+    meta_grad: str = field(default="factorised", metadata={"help": "MSD: factorised (exact, JVP through the student) | second-order"})
+    meta_every: int = field(default=2, metadata={"help": "MSD: one teacher meta step every K student steps"})
+    teacher_params: str = field(default="all", metadata={"help": "MSD: teacher parameters meta-updated: all | top | head (embeddings always frozen)"})
+    teacher_anchor: str = field(default="nll", metadata={"help": "MSD: tie the teacher to its task: none | nll (its NLL on the batch) | kl (to the original's CRF) | l2 (to its original weights)"})
+    teacher_anchor_weight: float = field(default=0.05, metadata={"help": "MSD: weight of --teacher-anchor in the teacher's objective"})
+    teacher_max_drop: float = field(default=2.0, metadata={"help": "MSD: restore the best teacher when its dev F1 falls more than this many points below the original's"})
+    teacher_on_drop: str = field(default="halve", metadata={"help": "MSD: after a restore, halve the teacher lr | stop the meta-updates"})
+
+    def __post_init__(self):  # MSD's own flags; values are checked whatever the method
+        meta.MetaConfig(self.kd_loss, pilot_lr=self.pilot_lr,
+                        pilot_params=self.pilot_params, meta_grad=self.meta_grad,
+                        teacher_anchor=self.teacher_anchor, teacher_anchor_weight=self.teacher_anchor_weight)
+        meta._check_choice("teacher_params", self.teacher_params, meta.TEACHER_PARAMS)
+        meta._check_choice("teacher_on_drop", self.teacher_on_drop, meta.ON_DROP)
+        meta._check_min("teacher_lr", self.teacher_lr, 0.0)
+        meta._check_min("meta_every", self.meta_every, 1)
+        meta._check_min("teacher_max_drop", self.teacher_max_drop, 0.0)
+        meta._check_min("quiz_batch_size", self.quiz_batch_size, 1)
 
 
 def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -113,7 +134,11 @@ def build_student(dargs: DistillArgs, teacher: model_lib.BertCrf, teacher_tok):
 
 
 def main(argv=None) -> dict:
-    dargs, targs = trainer.parse_args((DistillArgs, trainer.TrainArgs), argv)
+    try:
+        dargs, targs = trainer.parse_args((DistillArgs, trainer.TrainArgs), argv)
+    except ValueError as e:  # a dataclass refused a value: one line, exit 2, before any work
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     if dargs.method not in METHODS:
         raise SystemExit(f"error: --method must be one of {METHODS}, got {dargs.method!r}")
     if dargs.quiz_split not in ("holdout", "dev"):
@@ -121,8 +146,9 @@ def main(argv=None) -> dict:
     if targs.out == "runs/teacher":  # the TrainArgs default belongs to the teacher
         targs.out = "runs/student"
     kd_method = dargs.kd_loss if dargs.method == "msd" else dargs.method
-    cfg = meta.MetaConfig(dargs.kd_loss, dargs.alpha, dargs.temperature, dargs.pilot_lr,
-                          dargs.teacher_grad_clip, dargs.pilot_params) if dargs.method == "msd" else None
+    cfg = meta.MetaConfig(dargs.kd_loss, dargs.alpha, dargs.temperature, dargs.pilot_lr, dargs.teacher_grad_clip,
+                          dargs.pilot_params, dargs.meta_grad, dargs.teacher_anchor,
+                          dargs.teacher_anchor_weight) if dargs.method == "msd" else None
     trainer.set_threads(targs.threads)
     trainer.setup(targs)  # accelerate: processes, device, mixed precision
     if cfg and targs.mixed_precision == "fp16":
@@ -135,12 +161,16 @@ def main(argv=None) -> dict:
         targs.dataset = t_info["args"]["dataset"]
         targs.data_dir = targs.data_dir or t_info["args"].get("data_dir")
     out = trainer.prepare_run_dir(targs)
+    last = out / ckpt.LAST
+    if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
+        print(f"error: {out} was trained by an older MSD (no teacher-guard state in {last}); "
+              "use --overwrite to start it again", file=sys.stderr)
+        raise SystemExit(2)
     torch.manual_seed(targs.seed)
     student, s_tok, layers = build_student(dargs, teacher, t_tok)
     student.to(targs.device)
     teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(dargs.method == "msd")
+    teacher.requires_grad_(False)  # MSD: meta.MetaTeacher chooses the trained ones
 
     splits = load_data(targs, labels=teacher.labels)
     train, holdout = split_holdout(splits.train, dargs.holdout_fraction)
@@ -168,12 +198,16 @@ def main(argv=None) -> dict:
     steps = (len(train_s.items) + targs.batch_size - 1) // targs.batch_size
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
     sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
-    t_opt = trainer.adam(list(teacher.parameters()), lr=dargs.teacher_lr) if cfg else None
-    if t_opt:
-        trainer.sync_optimizer(t_opt, dargs.teacher_grad_clip)  # several processes: one teacher update
 
-    quiz = {}
+    quiz, msd = {}, None
     if cfg:
+        dev_t = dev_s if same_tok else data_lib.encode(splits.dev, t_tok, label2id, max_length=targs.max_length)
+        msd = meta.MetaTeacher(
+            teacher, cfg, lr=dargs.teacher_lr, total_steps=steps * targs.epochs, warmup_ratio=targs.warmup_ratio,
+            params=dargs.teacher_params, meta_every=dargs.meta_every, max_drop=dargs.teacher_max_drop,
+            on_drop=dargs.teacher_on_drop, evaluate=lambda: eval_lib.evaluate(
+                teacher, dev_t, splits.dev, targs.eval_batch_size, targs.device)["f1"])
+        trainer.sync_optimizer(msd.optimizer, dargs.teacher_grad_clip)  # several processes: one teacher update
         quiz_s, quiz_t = enc_pair(quiz_sents)
         qbs = dargs.quiz_batch_size or targs.batch_size
 
@@ -184,17 +218,17 @@ def main(argv=None) -> dict:
             quiz["it"] = cycle()
 
     def step(batch):
-        logs = {}
-        if cfg:
-            q = trainer.local_batch(next(quiz["it"]))  # this process's rows of the quiz batch
-            logs |= meta.teacher_step(student, teacher, t_opt, batch, q, cfg)
+        logs, s_pot = {}, None
+        if msd and msd.due(sched.last_epoch):  # sched.last_epoch: student steps done so far
+            logs, s_pot = msd.step(student, batch, trainer.local_batch(next(quiz["it"])))  # this process's quiz rows
         targets = None
         if kd_method != "none":
             with torch.no_grad():
                 t_pot = teacher(batch["teacher"])
             targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
-        loss, parts = losses.distill_loss(kd_method, student(batch["student"]), batch["labels"], targets,
-                                          dargs.alpha, dargs.temperature)
+        if s_pot is None:  # else: the meta step's pilot forward (same batch, same student), kept for this step
+            s_pot = student(batch["student"])
+        loss, parts = losses.distill_loss(kd_method, s_pot, batch["labels"], targets, dargs.alpha, dargs.temperature)
         trainer.update(loss, student, opt, sched, targs.grad_clip)
         return logs | {"loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                        "tokens": int(batch["student"]["attention_mask"].sum())}
@@ -210,6 +244,7 @@ def main(argv=None) -> dict:
         "student_init": dargs.student_init or "teacher",
         "quiz_split": dargs.quiz_split if cfg else None,
         "pilot_params": dargs.pilot_params if cfg else None,
+        "meta_grad": dargs.meta_grad if cfg else None,
         "train_sentences": len(train),
         "holdout_sentences": len(holdout),
         "dataset": splits.name,
@@ -217,21 +252,30 @@ def main(argv=None) -> dict:
     }
     extras = {}
     if cfg:
-        extras["teacher"] = (teacher, t_tok, t_info | {"kind": "teacher", "meta_updated": True,
-                                                       "source": str(dargs.teacher)})
+        info = t_info | {"kind": "teacher", "meta_updated": True, "source": str(dargs.teacher)}
+        extras["teacher"] = (teacher, t_tok, info)
+        extras["teacher_best"] = (msd.best, t_tok, info | {"guard_best": True})  # the guard's best teacher so far
     fit = trainer.Fit(
         args=targs, model=student, tokenizer=s_tok, run_info=run_info,
         train_batches=lambda epoch: paired_batches(train_s, train_t, targs.batch_size, True, targs.seed * 1000 + epoch,
                                                     targs.bucket),
         steps_per_epoch=steps, step=step,
         dev=(dev_s, splits.dev), test=(test_s, splits.test),
-        optimizers={"model": opt} | ({"teacher": t_opt} if t_opt else {}),
-        schedulers={"model": sched}, extras=extras,
-        on_epoch_start=new_quiz_stream if cfg else None,
+        optimizers={"model": opt} | ({"teacher": msd.optimizer} if msd else {}),
+        schedulers={"model": sched} | ({"teacher": msd.scheduler, "teacher_guard": msd.guard} if msd else {}),
+        extras=extras, on_epoch_start=new_quiz_stream if cfg else None,
+        on_epoch_end=msd.guard.epoch_end if msd else None,
     )
     before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     result = trainer.run(fit)
     result["teacher_changed"] = any(not torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    if msd:  # the teacher's dev F1 before / after (the teacher saved beside the best student), restores, skips
+        result["msd_teacher"] = summary = msd.guard.summary(result["best_epoch"])
+        ckpt.update_metrics(out, "msd_teacher", summary)
+        run_json = ckpt.resolve(out) / ckpt.RUN_FILE
+        ckpt.write_json(run_json, ckpt.read_run(out) | {"msd_teacher": summary})
+        print(f"teacher dev F1 {100 * summary['dev_f1_before']:.2f} -> {100 * summary['dev_f1_after']:.2f} "
+              f"({summary['restores']} restores, {summary['skipped_steps']} skipped meta steps)")
     print(f"{dargs.method} student ({len(layers)} layers, {student.num_parameters() / 1e6:.1f}M params): "
           f"dev F1 {result['dev']['f1']:.4f}  test F1 {result['test']['f1']:.4f}  "
           f"{result['tokens_per_second']:.0f} tok/s")

@@ -391,6 +391,7 @@ class Fit:
     schedulers: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)  # name -> (module, tokenizer, run_info): saved in last/ and beside best
     on_epoch_start: Callable[[int], None] | None = None
+    on_epoch_end: Callable[[int], dict | None] | None = None  # after dev eval (epoch 0: before training); returns logs
 
 
 def _save_state(fit: Fit, directory: Path, epoch: int, state: dict) -> None:
@@ -458,8 +459,9 @@ def run(fit: Fit) -> dict:
 
     if state["epoch"] == 0:  # the starting point, for comparison
         dev = evaluate(fit.dev)
+        extra = (fit.on_epoch_end(0) or {}) if fit.on_epoch_end else {}
         if main:
-            ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"]})
+            ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"], **extra})
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         # dropout: reproducible and resumable per epoch (and different on every process)
         torch.manual_seed(args.seed * 1000 + epoch + 7919 * _DIST.accelerator.process_index)
@@ -498,6 +500,7 @@ def run(fit: Fit) -> dict:
             "train_seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             **{f"mean_{k}": v / max(n, 1) for k, v in sums.items() if k != "tokens"},
             **({"processes": world} if world > 1 else {}),
+            **((fit.on_epoch_end(epoch) or {}) if fit.on_epoch_end else {}),
         }
         state["epoch"] = epoch
         better = dev["f1"] > state["best_f1"]
