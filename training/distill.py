@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from training import data as data_lib
-from training import losses, meta, trainer
+from training import layerwise, losses, meta, trainer
 from training import model as model_lib
 from training.teacher import load_data
 
@@ -112,7 +113,7 @@ def build_student(dargs: DistillArgs, teacher: model_lib.BertCrf, teacher_tok):
 
 
 def main(argv=None) -> dict:
-    dargs, targs = trainer.parse_args((DistillArgs, trainer.TrainArgs), argv)
+    dargs, largs, targs = trainer.parse_args((DistillArgs, layerwise.LayerwiseArgs, trainer.TrainArgs), argv)
     if dargs.method not in METHODS:
         raise SystemExit(f"error: --method must be one of {METHODS}, got {dargs.method!r}")
     if dargs.quiz_split not in ("holdout", "dev"):
@@ -128,10 +129,16 @@ def main(argv=None) -> dict:
     if targs.dataset == "default" and t_info.get("dataset") not in (None, "default"):
         targs.dataset = t_info["args"]["dataset"]
         targs.data_dir = targs.data_dir or t_info["args"].get("data_dir")
-    out = trainer.prepare_run_dir(targs)
     torch.manual_seed(targs.seed)
-    student, s_tok, layers = build_student(dargs, teacher, t_tok)
+    try:  # bad combinations: one line, exit 2, before the run directory is touched
+        student, s_tok, layers = build_student(dargs, teacher, t_tok)
+        same_tok = s_tok.backend_tokenizer.to_str() == t_tok.backend_tokenizer.to_str()
+        matching, proj = layerwise.setup(largs, student, teacher, same_tok, layer_map) if largs.active else (None, None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     student.to(targs.device)
+    out = trainer.prepare_run_dir(targs)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(dargs.method == "msd")
@@ -144,7 +151,6 @@ def main(argv=None) -> dict:
           f"{dargs.student_init or 'the teacher'}")
 
     label2id = {l: i for i, l in enumerate(teacher.labels)}
-    same_tok = s_tok.backend_tokenizer.to_str() == t_tok.backend_tokenizer.to_str()
 
     def enc_pair(sents):
         es = data_lib.encode(sents, s_tok, label2id, max_length=targs.max_length)
@@ -161,6 +167,10 @@ def main(argv=None) -> dict:
 
     steps = (len(train_s.items) + targs.batch_size - 1) // targs.batch_size
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
+    if proj is not None:  # trained beside the student, at the head's lr (they start random, like the head)
+        proj.to(targs.device)
+        layerwise.add_to_optimizer(opt, proj, targs.head_lr, targs.weight_decay)
+    clipped = student if proj is None else torch.nn.ModuleList([student, proj])  # gradient clipping covers both
     sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
     t_opt = trainer.adam(list(teacher.parameters()), lr=dargs.teacher_lr) if cfg else None
 
@@ -181,13 +191,17 @@ def main(argv=None) -> dict:
             q = trainer._to(next(quiz["it"]), targs.device)
             logs |= meta.teacher_step(student, teacher, t_opt, batch, q, cfg)
         targets = None
-        if kd_method != "none":
+        if kd_method != "none" or largs.active:
             with torch.no_grad():
-                t_pot = teacher(batch["teacher"])
+                t_pot = teacher(batch["teacher"], **largs.forward_flags())
+        if kd_method != "none":
             targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
-        loss, parts = losses.distill_loss(kd_method, student(batch["student"]), batch["labels"], targets,
-                                          dargs.alpha, dargs.temperature)
-        trainer.update(loss, student, opt, sched, targs.grad_clip)
+        s_pot = student(batch["student"], **largs.forward_flags())
+        loss, parts = losses.distill_loss(kd_method, s_pot, batch["labels"], targets, dargs.alpha, dargs.temperature)
+        if largs.active:
+            extra, lw_parts = layerwise.loss(largs, s_pot, t_pot, batch, matching, proj)
+            loss, parts = loss + extra, parts | lw_parts
+        trainer.update(loss, clipped, opt, sched, targs.grad_clip)
         return logs | {"loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                        "tokens": int(batch["student"]["attention_mask"].sum())}
 
@@ -202,10 +216,12 @@ def main(argv=None) -> dict:
         "student_init": dargs.student_init or "teacher",
         "quiz_split": dargs.quiz_split if cfg else None,
         "pilot_params": dargs.pilot_params if cfg else None,
+        "layerwise": {"teacher_layers": matching.teacher_layers, "word_level": matching.word_level,
+                      "projections": proj is not None} if matching else None,
         "train_sentences": len(train),
         "holdout_sentences": len(holdout),
         "dataset": splits.name,
-        "args": trainer.args_dict(dargs, targs),
+        "args": trainer.args_dict(dargs, largs, targs),
     }
     extras = {}
     if cfg:
@@ -220,6 +236,7 @@ def main(argv=None) -> dict:
         optimizers={"model": opt} | ({"teacher": t_opt} if t_opt else {}),
         schedulers={"model": sched}, extras=extras,
         on_epoch_start=new_quiz_stream if cfg else None,
+        states={"projections": proj} if proj is not None else {},
     )
     before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     result = trainer.run(fit)
