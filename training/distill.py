@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -88,6 +89,15 @@ def split_holdout(sentences: list, fraction: float) -> tuple[list, list]:
     return [s for i, s in enumerate(sentences) if i not in hold], [s for i, s in enumerate(sentences) if i in hold]
 
 
+def same_tokenization(a, b) -> bool:
+    """Both fast tokenizers split text alike (their truncation / padding settings aside: encoding
+    sets them, and a saved tokenizer keeps them)."""
+    def spec(tok):
+        d = json.loads(tok.backend_tokenizer.to_str())
+        return {k: v for k, v in d.items() if k not in ("truncation", "padding")}
+    return spec(a) == spec(b)
+
+
 def paired_batches(enc_s, enc_t, batch_size, shuffle, seed, bucket=False):
     """Batches of the student's tokenization with the same sentences in the teacher's."""
     for b in data_lib.batches(enc_s, batch_size, shuffle=shuffle, seed=seed, bucket=bucket):
@@ -132,7 +142,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(targs.seed)
     try:  # bad combinations: one line, exit 2, before the run directory is touched
         student, s_tok, layers = build_student(dargs, teacher, t_tok)
-        same_tok = s_tok.backend_tokenizer.to_str() == t_tok.backend_tokenizer.to_str()
+        same_tok = same_tokenization(s_tok, t_tok)
         matching, proj = layerwise.setup(largs, student, teacher, same_tok, layer_map) if largs.active else (None, None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
