@@ -127,6 +127,27 @@ def test_masks_are_respected():
     assert layerwise.hidden_loss([sh], [th], mask).item() == pytest.approx((per_token * mask).sum().item() / 2)
 
 
+def test_word_level_hidden_states_for_different_tokenizers():
+    # with two tokenizations the states are compared at each word's first sub-token: the same as
+    # the sub-token term restricted to those positions
+    t = _bertcrf(layers=4)
+    s = distill.shrink(t, [1, 3])
+    with torch.no_grad():
+        for p in s.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _batch()
+    b = batch["student"]
+    so, to = s(b, hidden_states=True), t(b, hidden_states=True)
+    args = LayerwiseArgs(hidden_weight=1.0)
+    words = layerwise.loss(args, so, to, batch, Matching([1, 3], word_level=True))[0]
+    first = torch.zeros_like(b["attention_mask"])
+    for i, (idx, m) in enumerate(zip(b["word_index"], b["word_mask"])):
+        first[i, idx[m]] = 1
+    restricted = layerwise.loss(args, so, to, {**batch, "student": {**b, "attention_mask": first}}, Matching([1, 3]))[0]
+    assert words.item() == pytest.approx(restricted.item(), rel=1e-12)
+    assert words.item() < layerwise.loss(args, so, to, batch, Matching([1, 3]))[0].item()
+
+
 @pytest.mark.parametrize("term,param,idx", [
     ("hidden", "encoder.bert.encoder.layer.0.output.dense.weight", (1, 2)),
     ("attn", "encoder.bert.encoder.layer.1.attention.self.query.weight", (0, 3)),
