@@ -229,7 +229,8 @@ def toy_teacher(tmp_path_factory, toy_data_dir):
     enc = make_tiny_encoder(tmp_path_factory.mktemp("enc4"), layers=4, seed=1)
     out = tmp_path_factory.mktemp("runs") / "teacher"
     teacher.main(["--model", str(enc), "--dataset", str(toy_data_dir), "--out", str(out), "--epochs", "1",
-                  "--batch_size", "8", "--lr", "1e-3", "--head_lr", "1e-2", "--threads", "2"])
+                  "--batch_size", "8", "--lr", "1e-3", "--head_lr", "1e-2", "--threads", "2", "--limit_train", "32",
+                  "--limit_eval", "8"])
     return out
 
 
@@ -335,7 +336,7 @@ def test_patience_stops_and_a_resumed_run_does_not_train_again(tmp_path, toy_dat
     out = tmp_path / "t"
     argv = ["--model", str(enc), "--dataset", str(toy_data_dir), "--out", str(out), "--epochs", "5",
             "--batch_size", "32", "--lr", "0", "--head_lr", "0", "--threads", "2", "--patience", "2",
-            "--limit_eval", "8"]
+            "--limit_train", "32", "--limit_eval", "8"]
     result = teacher.main(argv)  # lr 0: dev F1 never improves after epoch 1
     epochs = [r["epoch"] for r in _log(out) if r.get("epoch", 0) >= 1 and "dev_f1" in r]
     assert epochs == [1, 2, 3]
