@@ -261,6 +261,13 @@ def test_distill_with_all_terms_runs_and_logs_them(toy_teacher, tmp_path, method
     info = json.loads((out / "best" / "run.json").read_text())
     assert info["layerwise"] == {"teacher_layers": [1, 3], "word_level": False, "projections": False}
     assert info["args"]["hidden_weight"] == 1.0 and not (out / "best" / "projections.safetensors").exists()
+    # the table of `make run`: the method with its terms, the gap to the teacher, best/trained epochs
+    from training import report
+
+    rows = [report.row(str(toy_teacher)), report.row(str(out))]
+    assert rows[1]["method"] == f"{method} + hidden 1 + attn 0.5 + emission 0.1" and rows[1]["epochs"] == "1/1"
+    gap = 100 * (rows[1]["test_f1"] - rows[0]["test_f1"])
+    assert f"| {gap:+.2f} | 1/1 |" in report.table(rows).splitlines()[-1]
 
 
 def test_projections_are_saved_resumed_and_not_exported(toy_teacher, tmp_path, monkeypatch):
