@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 from training import checkpoint as ckpt
 from training import data as data_lib
 from training import evaluate as eval_lib
-from training import losses, meta, trainer
+from training import layerwise, losses, meta, trainer
 from training import model as model_lib
 from training.teacher import load_data
 
@@ -109,6 +110,15 @@ def split_holdout(sentences: list, fraction: float) -> tuple[list, list]:
     return [s for i, s in enumerate(sentences) if i not in hold], [s for i, s in enumerate(sentences) if i in hold]
 
 
+def same_tokenization(a, b) -> bool:
+    """Both fast tokenizers split text alike (their truncation / padding settings aside: encoding
+    sets them, and a saved tokenizer keeps them)."""
+    def spec(tok):
+        d = json.loads(tok.backend_tokenizer.to_str())
+        return {k: v for k, v in d.items() if k not in ("truncation", "padding")}
+    return spec(a) == spec(b)
+
+
 def paired_batches(enc_s, enc_t, batch_size, shuffle, seed, bucket=False):
     """Batches of the student's tokenization with the same sentences in the teacher's."""
     for b in data_lib.batches(enc_s, batch_size, shuffle=shuffle, seed=seed, bucket=bucket):
@@ -135,7 +145,7 @@ def build_student(dargs: DistillArgs, teacher: model_lib.BertCrf, teacher_tok):
 
 def main(argv=None) -> dict:
     try:
-        dargs, targs = trainer.parse_args((DistillArgs, trainer.TrainArgs), argv)
+        dargs, largs, targs = trainer.parse_args((DistillArgs, layerwise.LayerwiseArgs, trainer.TrainArgs), argv)
     except ValueError as e:  # a dataclass refused a value: one line, exit 2, before any work
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
@@ -160,15 +170,21 @@ def main(argv=None) -> dict:
     if targs.dataset == "default" and t_info.get("dataset") not in (None, "default"):
         targs.dataset = t_info["args"]["dataset"]
         targs.data_dir = targs.data_dir or t_info["args"].get("data_dir")
+    torch.manual_seed(targs.seed)
+    try:  # bad combinations: one line, exit 2, before the run directory is touched
+        student, s_tok, layers = build_student(dargs, teacher, t_tok)
+        same_tok = same_tokenization(s_tok, t_tok)
+        matching, proj = layerwise.setup(largs, student, teacher, same_tok, layer_map) if largs.active else (None, None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    student.to(targs.device)
     out = trainer.prepare_run_dir(targs)
     last = out / ckpt.LAST
     if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
         print(f"error: {out} was trained by an older MSD (no teacher-guard state in {last}); "
               "use --overwrite to start it again", file=sys.stderr)
         raise SystemExit(2)
-    torch.manual_seed(targs.seed)
-    student, s_tok, layers = build_student(dargs, teacher, t_tok)
-    student.to(targs.device)
     teacher.eval()
     teacher.requires_grad_(False)  # MSD: meta.MetaTeacher chooses the trained ones
 
@@ -180,7 +196,6 @@ def main(argv=None) -> dict:
           f"{dargs.student_init or 'the teacher'}")
 
     label2id = {l: i for i, l in enumerate(teacher.labels)}
-    same_tok = s_tok.backend_tokenizer.to_str() == t_tok.backend_tokenizer.to_str()
 
     def enc_pair(sents):
         es = data_lib.encode(sents, s_tok, label2id, max_length=targs.max_length)
@@ -197,6 +212,10 @@ def main(argv=None) -> dict:
 
     steps = (len(train_s.items) + targs.batch_size - 1) // targs.batch_size
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
+    if proj is not None:  # trained beside the student, at the head's lr (they start random, like the head)
+        proj.to(targs.device)
+        layerwise.add_to_optimizer(opt, proj, targs.head_lr, targs.weight_decay)
+    clipped = student if proj is None else torch.nn.ModuleList([student, proj])  # gradient clipping covers both
     sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
 
     quiz, msd = {}, None
@@ -222,14 +241,18 @@ def main(argv=None) -> dict:
         if msd and msd.due(sched.last_epoch):  # sched.last_epoch: student steps done so far
             logs, s_pot = msd.step(student, batch, trainer.local_batch(next(quiz["it"])))  # this process's quiz rows
         targets = None
-        if kd_method != "none":
+        if kd_method != "none" or largs.active:
             with torch.no_grad():
-                t_pot = teacher(batch["teacher"])
+                t_pot = teacher(batch["teacher"], **largs.forward_flags())
+        if kd_method != "none":
             targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
-        if s_pot is None:  # else: the meta step's pilot forward (same batch, same student), kept for this step
-            s_pot = student(batch["student"])
+        if s_pot is None or largs.active:  # else: the meta step's pilot forward (same batch, same student), kept
+            s_pot = student(batch["student"], **largs.forward_flags())
         loss, parts = losses.distill_loss(kd_method, s_pot, batch["labels"], targets, dargs.alpha, dargs.temperature)
-        trainer.update(loss, student, opt, sched, targs.grad_clip)
+        if largs.active:
+            extra, lw_parts = layerwise.loss(largs, s_pot, t_pot, batch, matching, proj)
+            loss, parts = loss + extra, parts | lw_parts
+        trainer.update(loss, clipped, opt, sched, targs.grad_clip)
         return logs | {"loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                        "tokens": int(batch["student"]["attention_mask"].sum())}
 
@@ -245,10 +268,12 @@ def main(argv=None) -> dict:
         "quiz_split": dargs.quiz_split if cfg else None,
         "pilot_params": dargs.pilot_params if cfg else None,
         "meta_grad": dargs.meta_grad if cfg else None,
+        "layerwise": {"teacher_layers": matching.teacher_layers, "word_level": matching.word_level,
+                      "projections": proj is not None} if matching else None,
         "train_sentences": len(train),
         "holdout_sentences": len(holdout),
         "dataset": splits.name,
-        "args": trainer.args_dict(dargs, targs),
+        "args": trainer.args_dict(dargs, largs, targs),
     }
     extras = {}
     if cfg:
@@ -265,6 +290,7 @@ def main(argv=None) -> dict:
         schedulers={"model": sched} | ({"teacher": msd.scheduler, "teacher_guard": msd.guard} if msd else {}),
         extras=extras, on_epoch_start=new_quiz_stream if cfg else None,
         on_epoch_end=msd.guard.epoch_end if msd else None,
+        states={"projections": proj} if proj is not None else {},
     )
     before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     result = trainer.run(fit)

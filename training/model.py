@@ -47,13 +47,20 @@ def resolve_encoder(name_or_path: str) -> str:
 @dataclass
 class Potentials:
     """CRF potentials for a batch. emissions (B, N, L); mask (B, N) bool; transitions (L, L)
-    [from, to]; start, end (L,)."""
+    [from, to]; start, end (L,).
+
+    Only when :meth:`BertCrf.forward` is asked for them (layer-wise distillation): ``hidden``, the
+    encoder's hidden states per sub-token, a tuple of num_layers + 1 tensors (B, S, H) (embeddings
+    output first, then each layer's output); ``attentions``, each layer's attention distribution
+    before dropout, a tuple of num_layers tensors (B, heads, S, S) [query, key]."""
 
     emissions: torch.Tensor
     mask: torch.Tensor
     transitions: torch.Tensor
     start: torch.Tensor
     end: torch.Tensor
+    hidden: tuple | None = None
+    attentions: tuple | None = None
 
     def scaled(self, temperature: float) -> "Potentials":
         """All potentials divided by ``temperature`` (the distribution P^(1/T), renormalised)."""
@@ -135,15 +142,40 @@ class BertCrf(nn.Module):
         return {n for n, _ in self.named_parameters() if not n.startswith(f"encoder.{base}.")}
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict) -> Potentials:
-        """Potentials for a collated batch (see :func:`training.data.collate`)."""
+    def forward(self, batch: dict, hidden_states: bool = False, attentions: bool = False) -> Potentials:
+        """Potentials for a collated batch (see :func:`training.data.collate`). ``hidden_states`` /
+        ``attentions``: also return the encoder's hidden states / attention distributions (the
+        fields of the same names; ``attentions`` implies ``hidden_states``)."""
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if "token_type_ids" in batch:
             kwargs["token_type_ids"] = batch["token_type_ids"]
-        logits = self.encoder(**kwargs).logits  # (B, S, L)
+        if hidden_states or attentions:
+            kwargs["output_hidden_states"] = True
+        out = self.encoder(**kwargs)
+        logits = out.logits  # (B, S, L)
         idx = batch["word_index"].unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         emissions = logits.gather(1, idx)  # (B, N, L)
-        return Potentials(emissions, batch["word_mask"], self.crf.transitions, self.crf.start, self.crf.end)
+        pot = Potentials(emissions, batch["word_mask"], self.crf.transitions, self.crf.start, self.crf.end)
+        if hidden_states or attentions:
+            pot.hidden = out.hidden_states
+        if attentions:
+            key_mask = batch["attention_mask"].bool()
+            pot.attentions = tuple(attention_probs(self.self_attention(i), h, key_mask)
+                                   for i, h in enumerate(out.hidden_states[:-1]))
+        return pot
+
+    def self_attention(self, layer: int) -> nn.Module:
+        """The self-attention module of encoder layer ``layer`` (BERT-style: ``query``, ``key``)."""
+        base = self.encoder.base_model
+        try:
+            module = base.encoder.layer[layer].attention.self
+        except (AttributeError, IndexError, TypeError):
+            raise ValueError(f"{type(base).__name__}: no BERT-style encoder.layer[{layer}].attention.self") from None
+        if not all(hasattr(module, a) for a in ("query", "key", "num_attention_heads", "attention_head_size")) \
+                or getattr(module, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{type(module).__name__}: attention distributions are computed for BERT-style "
+                             "self-attention with absolute positions only")
+        return module
 
     def nll(self, batch: dict) -> torch.Tensor:
         """Mean negative log-likelihood of the gold tags over the sentences of the batch."""
@@ -176,6 +208,21 @@ class BertCrf(nn.Module):
             **run_info,
         }
         ckpt.write_json(directory / ckpt.RUN_FILE, info)
+
+
+def attention_probs(module: nn.Module, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) + mask) of a BERT self-attention ``module`` whose input is ``hidden``
+    (B, S, H); ``key_mask`` (B, S) bool, False at padding (those keys get probability 0).
+    Returns (B, heads, S, S) [query, key]: what the layer attends with, *before* attention dropout
+    (HF's ``output_attentions`` gives it after dropout in training mode, and needs the slower eager
+    attention for the whole forward; this costs two projections and one product per layer)."""
+    B, S, _ = hidden.shape
+    heads, d = module.num_attention_heads, module.attention_head_size
+    q = module.query(hidden).view(B, S, heads, d).transpose(1, 2)
+    k = module.key(hidden).view(B, S, heads, d).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / (d ** 0.5)
+    scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from training import checkpoint as ckpt
@@ -70,29 +70,81 @@ class TrainArgs:
                                                           "under accelerate launch / torchrun: auto | cpu | cuda"})
     mixed_precision: str | None = field(default=None, metadata={
         "help": "no | bf16 | fp16 (fp16: CUDA only, with gradient scaling); default: accelerate's setting, else no"})
+    patience: int = field(default=0, metadata={"help": "stop after this many epochs without a dev F1 improvement (0: never)"})
+
+    def __post_init__(self):
+        if self.patience < 0:
+            raise ValueError(f"--patience must be >= 0 (0: no early stop), got {self.patience}")
+
+
+RECIPES = Path(__file__).parent / "recipes"
 
 
 def parse_args(dataclass_types, argv=None):
-    """Dataclass arguments from the command line, or from a JSON file: ``--config FILE.json``
-    (command-line flags given after it override the file)."""
+    """Dataclass arguments from the command line, and from a JSON file: ``--config FILE.json`` or
+    ``--recipe NAME`` (= ``--config training/recipes/NAME.json``). Keys are flag names (dashes or
+    underscores); keys starting with ``_`` (``"_comment"``) are ignored. Command-line flags override
+    the file wherever they stand. Bad arguments (an unknown key or recipe, a value the argument
+    dataclasses refuse): one line ``error: ...`` on stderr and exit 2."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        i = argv.index("--config")
-        path = argv[i + 1]
-        del argv[i : i + 2]
-        cfg = json.loads(Path(path).read_text())
-        defaults = []
-        for k, v in cfg.items():
-            if isinstance(v, bool):
-                if v:
-                    defaults.append(f"--{k}")
-            elif v is not None:
-                defaults += [f"--{k}", str(v)]
-        argv = defaults + argv
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        argv, path = _pop_config(argv)
+        if path is not None:
+            cfg = _read_config(path)
+            known = {f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)}
+            if unknown := sorted(set(cfg) - known):
+                raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} (not flags of this command)")
+            try:  # the file alone: values the dataclasses refuse
+                parser.parse_dict(cfg)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}: {e}") from None
+            parser.set_defaults(**cfg)  # JSON values as they are (false, null, lists); flags override
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _pop_config(argv: list[str]) -> tuple[list[str], Path | None]:
+    """Remove ``--config FILE`` / ``--recipe NAME`` (also ``--flag=value``) from argv; the file's path."""
+    found, rest, i = [], [], 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if flag in ("--config", "--recipe"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{flag} needs a value")
+                value, i = argv[i + 1], i + 1
+            found.append((flag, value))
+        else:
+            rest.append(argv[i])
+        i += 1
+    if len(found) > 1:
+        raise ValueError("give one --config or --recipe, not several")
+    if not found:
+        return rest, None
+    flag, value = found[0]
+    if flag == "--config":
+        return rest, Path(value)
+    available = sorted(p.stem for p in RECIPES.glob("*.json"))
+    if value not in available:
+        raise ValueError(f"unknown recipe {value!r}; available: {', '.join(available) or 'none'}")
+    return rest, RECIPES / f"{value}.json"
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a config file holds one JSON object of flag names and values")
+    return {k.replace("-", "_"): v for k, v in cfg.items() if not k.startswith("_")}
 
 
 def make_optimizer(model, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -392,10 +444,20 @@ class Fit:
     extras: dict = field(default_factory=dict)  # name -> (module, tokenizer, run_info): saved in last/ and beside best
     on_epoch_start: Callable[[int], None] | None = None
     on_epoch_end: Callable[[int], dict | None] | None = None  # after dev eval (epoch 0: before training); returns logs
+    # name -> module trained beside the model but not part of it (e.g. layer-wise projections):
+    # NAME.safetensors in best/ and last/, restored from last/ on --resume; never exported
+    states: dict = field(default_factory=dict)
+
+
+def _save_states(fit: Fit, directory: Path) -> None:
+    for name, module in fit.states.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                  str(directory / f"{name}.safetensors"))
 
 
 def _save_state(fit: Fit, directory: Path, epoch: int, state: dict) -> None:
     fit.model.save(directory, fit.tokenizer, fit.run_info | {"epoch": epoch})
+    _save_states(fit, directory)
     for name, opt in fit.optimizers.items():
         save_optimizer(opt, directory / f"optimizer-{name}.safetensors")
     for name, (module, tok, info) in fit.extras.items():
@@ -416,6 +478,8 @@ def _load_state(fit: Fit, directory: Path) -> dict:
     for name, (module, _, _) in fit.extras.items():
         other, _, _ = model_lib.load(directory / name)
         module.load_state_dict(other.state_dict())
+    for name, module in fit.states.items():
+        module.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
     state = json.loads((directory / "trainer_state.json").read_text())
     for k, s in fit.schedulers.items():
         s.load_state_dict(state["schedulers"][k])
@@ -446,10 +510,12 @@ def run(fit: Fit) -> dict:
         say(f"resuming {out} after epoch {state['epoch']} (best dev F1 {state['best_f1']:.4f})")
         if state["epoch"] >= args.epochs:
             say("all epochs already done")
+        elif state.get("stopped_early"):
+            say(f"stopped early after epoch {state['epoch']} (patience {state['patience']}); not training again")
     elif args.resume:
         say(f"nothing to resume in {out}; starting from scratch")
     if world > 1:
-        for module in [fit.model, *(m for m, _, _ in fit.extras.values())]:
+        for module in [fit.model, *(m for m, _, _ in fit.extras.values()), *fit.states.values()]:
             _broadcast(module)
 
     def evaluate(split):
@@ -462,7 +528,7 @@ def run(fit: Fit) -> dict:
         extra = (fit.on_epoch_end(0) or {}) if fit.on_epoch_end else {}
         if main:
             ckpt.append_jsonl(log_path, {"epoch": 0, "dev_f1": dev["f1"], "dev_loss": dev["loss"], **extra})
-    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+    for epoch in range(state["epoch"] + 1, (state["epoch"] if state.get("stopped_early") else args.epochs) + 1):
         # dropout: reproducible and resumable per epoch (and different on every process)
         torch.manual_seed(args.seed * 1000 + epoch + 7919 * _DIST.accelerator.process_index)
         if fit.on_epoch_start:
@@ -506,6 +572,9 @@ def run(fit: Fit) -> dict:
         better = dev["f1"] > state["best_f1"]
         if better:
             state["best_f1"], state["best_epoch"] = dev["f1"], epoch
+        stop = bool(args.patience) and epoch - state["best_epoch"] >= args.patience and epoch < args.epochs
+        if stop:  # dev F1 is the same on every process, so every process stops here
+            state["stopped_early"], state["patience"] = True, args.patience
         if main:
             ckpt.append_jsonl(log_path, record)
             print(f"epoch {epoch}: dev F1 {dev['f1']:.4f} (P {dev['precision']:.4f} R {dev['recall']:.4f}), "
@@ -513,12 +582,19 @@ def run(fit: Fit) -> dict:
             if better:
                 with ckpt.atomic_dir(out / ckpt.BEST) as tmp:
                     fit.model.save(tmp, fit.tokenizer, fit.run_info | {"epoch": epoch, "metrics": {"dev": dev}})
+                    _save_states(fit, tmp)
                 for name, (module, tok, info) in fit.extras.items():
                     with ckpt.atomic_dir(out / name) as tmp:
                         module.save(tmp, tok, info | {"epoch": epoch})
+            if stop:
+                print(f"early stop: no dev F1 improvement for {args.patience} epoch(s) (best: epoch {state['best_epoch']})")
+                ckpt.append_jsonl(log_path, {"early_stop": True, "epoch": epoch, "best_epoch": state["best_epoch"],
+                                             "patience": args.patience})
             with ckpt.atomic_dir(out / ckpt.LAST) as tmp:
                 _save_state(fit, tmp, epoch, state)
         barrier()  # every process goes on once the epoch's checkpoints are written
+        if state.get("stopped_early"):
+            break
 
     # final: reload the best checkpoint, evaluate dev and test once
     from training import model as model_lib
@@ -529,6 +605,8 @@ def run(fit: Fit) -> dict:
     test = evaluate(fit.test)
     summary = {
         "best_epoch": state["best_epoch"],
+        "epochs_trained": state["epoch"],
+        "stopped_early": bool(state.get("stopped_early")),
         "train_seconds": round(state["train_seconds"], 1),
         "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
     }
