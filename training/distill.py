@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from training import data as data_lib
-from training import losses, meta, trainer
+from training import extra, losses, meta, trainer
 from training import model as model_lib
 from training.teacher import load_data
 
@@ -111,8 +112,17 @@ def build_student(dargs: DistillArgs, teacher: model_lib.BertCrf, teacher_tok):
     return student, tok, layers
 
 
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None) -> dict:
-    dargs, targs = trainer.parse_args((DistillArgs, trainer.TrainArgs), argv)
+    try:
+        dargs, targs, xargs = trainer.parse_args((DistillArgs, trainer.TrainArgs, extra.ExtraArgs), argv)
+        extra.check(xargs, dargs.method, targs.epochs, targs.batch_size)
+    except ValueError as e:
+        _fail(str(e))
     if dargs.method not in METHODS:
         raise SystemExit(f"error: --method must be one of {METHODS}, got {dargs.method!r}")
     if dargs.quiz_split not in ("holdout", "dev"):
@@ -128,7 +138,6 @@ def main(argv=None) -> dict:
     if targs.dataset == "default" and t_info.get("dataset") not in (None, "default"):
         targs.dataset = t_info["args"]["dataset"]
         targs.data_dir = targs.data_dir or t_info["args"].get("data_dir")
-    out = trainer.prepare_run_dir(targs)
     torch.manual_seed(targs.seed)
     student, s_tok, layers = build_student(dargs, teacher, t_tok)
     student.to(targs.device)
@@ -154,14 +163,28 @@ def main(argv=None) -> dict:
         align(es, et)
         return es, et
 
+    pool = None
+    if xargs.active:  # before the run directory is touched
+        try:
+            pool = extra.build(xargs, targs, splits, train, [s_tok, t_tok])
+        except data_lib.DataError as e:
+            _fail(str(e))
+    trainer.prepare_run_dir(targs)
     train_s, train_t = enc_pair(train)
     print(f"train: {data_lib.truncation_report(train_s)}")
     dev_s = data_lib.encode(splits.dev, s_tok, label2id, max_length=targs.max_length)
     test_s = data_lib.encode(splits.test, s_tok, label2id, max_length=targs.max_length)
 
     steps = (len(train_s.items) + targs.batch_size - 1) // targs.batch_size
+    total_steps = steps * targs.epochs
+    train_batches = lambda epoch: paired_batches(train_s, train_t, targs.batch_size, True,  # noqa: E731
+                                                 targs.seed * 1000 + epoch, targs.bucket)
+    if pool:
+        extra_st = enc_pair(pool.sentences)
+        print(f"extra: {data_lib.truncation_report(extra_st[0])}")
+        train_batches, steps, total_steps = extra.plan(xargs, targs, (train_s, train_t), extra_st)
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
-    sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
+    sched = trainer.linear_warmup(opt, total_steps, targs.warmup_ratio)
     t_opt = trainer.adam(list(teacher.parameters()), lr=dargs.teacher_lr) if cfg else None
 
     quiz = {}
@@ -177,16 +200,17 @@ def main(argv=None) -> dict:
 
     def step(batch):
         logs = {}
-        if cfg:
+        labelled = batch.pop("labelled", None)  # (B,) bool with extra text: the NLL sees only these
+        if cfg and (labelled is None or bool(labelled.any())):
             q = trainer._to(next(quiz["it"]), targs.device)
-            logs |= meta.teacher_step(student, teacher, t_opt, batch, q, cfg)
+            logs |= meta.teacher_step(student, teacher, t_opt, extra.rows(batch, labelled), q, cfg)
         targets = None
         if kd_method != "none":
             with torch.no_grad():
                 t_pot = teacher(batch["teacher"])
             targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
-        loss, parts = losses.distill_loss(kd_method, student(batch["student"]), batch["labels"], targets,
-                                          dargs.alpha, dargs.temperature)
+        loss, parts = extra.loss(kd_method, student(batch["student"]), batch["labels"], targets,
+                                 dargs.alpha, dargs.temperature, labelled)
         trainer.update(loss, student, opt, sched, targs.grad_clip)
         return logs | {"loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                        "tokens": int(batch["student"]["attention_mask"].sum())}
@@ -205,7 +229,8 @@ def main(argv=None) -> dict:
         "train_sentences": len(train),
         "holdout_sentences": len(holdout),
         "dataset": splits.name,
-        "args": trainer.args_dict(dargs, targs),
+        "extra_text": pool.info if pool else None,
+        "args": trainer.args_dict(dargs, targs, xargs),
     }
     extras = {}
     if cfg:
@@ -213,9 +238,7 @@ def main(argv=None) -> dict:
                                                        "source": str(dargs.teacher)})
     fit = trainer.Fit(
         args=targs, model=student, tokenizer=s_tok, run_info=run_info,
-        train_batches=lambda epoch: paired_batches(train_s, train_t, targs.batch_size, True, targs.seed * 1000 + epoch,
-                                                    targs.bucket),
-        steps_per_epoch=steps, step=step,
+        train_batches=train_batches, steps_per_epoch=steps, step=step,
         dev=(dev_s, splits.dev), test=(test_s, splits.test),
         optimizers={"model": opt} | ({"teacher": t_opt} if t_opt else {}),
         schedulers={"model": sched}, extras=extras,
