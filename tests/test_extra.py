@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForTokenClassification
 
 from training import data as data_lib
-from training import distill, extra, losses, teacher
+from training import distill, extra, losses, targetcache, teacher
 from training.data import DataError, Sentence
 from training.model import BertCrf, load_tokenizer
 
@@ -284,6 +284,42 @@ def test_extra_sentences_get_kd_only(method):
     assert torch.equal(sub_batch["labels"], tags[:2]) and torch.equal(sub_batch["student"]["input_ids"], b["input_ids"][:2])
 
 
+@pytest.mark.parametrize("method", ["topk", "pos", "struct"])
+def test_cached_teacher_targets_are_the_teachers(tmp_path, method):
+    t = _tiny_bertcrf(0)
+    b, _ = _batch()  # rows of 4, 2, 3 and 1 words
+    calls = []
+
+    def compute(batch):
+        calls.append(1)
+        return losses.teacher_targets(method, t(batch), k=3)
+
+    def fail(batch):
+        raise AssertionError("the teacher ran although every sentence is cached")
+
+    cache = targetcache.TargetCache(tmp_path, "ab" * 32, method, 3, 1.0)
+    first = cache.targets(b, compute)
+    assert calls and all(torch.equal(first[k], v) for k, v in compute(b).items())
+    # the same sentences in another batch (other order, less padding): from the cache, exactly the
+    # teacher's targets of the first batch, padded like teacher_targets pads them
+    sub = {k: v[[3, 1]] for k, v in b.items()}
+    sub = {k: v[:, :4] if k in ("input_ids", "attention_mask", "token_type_ids") else v[:, :2] for k, v in sub.items()}
+    again = cache.targets(sub, fail)
+    direct = compute(sub)
+    assert set(again) == set(direct)
+    for k, v in direct.items():
+        assert again[k].shape == v.shape and again[k].dtype == v.dtype
+        assert torch.allclose(again[k].double(), v.double(), atol=1e-9), k
+    if method != "topk":
+        assert torch.equal(again["node"], first["node"][[3, 1], :2])
+    cache.save()
+    reloaded = targetcache.TargetCache(tmp_path, "ab" * 32, method, 3, 1.0)
+    assert len(reloaded.entries) == 4
+    back = reloaded.targets(b, fail)
+    assert set(back) == set(first) and all(torch.equal(back[k], v) for k, v in first.items())
+    assert not targetcache.TargetCache(tmp_path, "cd" * 32, method, 3, 1.0).entries  # another teacher
+
+
 # ---------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
 def small_teacher(tmp_path_factory, toy_data_dir):
@@ -307,9 +343,12 @@ def _distill(teacher_dir, out, *args):
                          "--threads", "1", "--log_every", "1", "--limit_train", "40", *args])
 
 
-def test_resume_with_extra_text_is_exact(small_teacher, tmp_path, monkeypatch, pool_file):
+@pytest.mark.parametrize("cached", [False, True])
+def test_resume_with_extra_text_is_exact(small_teacher, tmp_path, monkeypatch, pool_file, cached, capsys):
     args = ["--method", "pos", "--unlabeled", str(pool_file), "--augment", "mention-swap,mask",
             "--extra-share", "0.25", "--stage1-epochs", "1"]
+    if cached:  # epoch 1 sees every labelled (36) and every extra (30) sentence; epoch 2 only cached ones
+        args = ["--method", "topk", "--unlabeled", str(pool_file), "--teacher-cache", str(tmp_path / "c")]
     straight = tmp_path / "straight"
     _distill(small_teacher, straight, *args)
     resumed = tmp_path / "resumed"
@@ -317,10 +356,19 @@ def test_resume_with_extra_text_is_exact(small_teacher, tmp_path, monkeypatch, p
     with pytest.raises(KeyboardInterrupt):
         _distill(small_teacher, resumed, *args)
     undo()
+    capsys.readouterr()
+    files = list((tmp_path / "c").iterdir()) if cached else []
+    stamp = [f.stat().st_mtime_ns for f in files]
     _distill(small_teacher, resumed, *args, "--resume")
+    if cached:
+        cached_n = int(capsys.readouterr().out.split("teacher targets: ")[1].split()[0])
+        assert 36 < cached_n <= 66, cached_n  # distinct labelled + extra sentences
+        assert len(files) == 1 and [f.stat().st_mtime_ns for f in files] == stamp  # epoch 2 added nothing
     for part in ("last/model.safetensors", "last/crf.safetensors"):
         a, b = load_file(str(straight / part)), load_file(str(resumed / part))
         assert all(torch.equal(a[k], b[k]) for k in a), part
+    if cached:
+        return
     info = json.loads((straight / "best" / "run.json").read_text())
     x = info["extra_text"]
     assert x["sources"] == {f"{pool_file} (text)": 30} and x["batch"] == [6, 2] and x["stage1_epochs"] == 1
@@ -356,6 +404,7 @@ def test_other_methods_train_on_extra_text(small_teacher, tmp_path, method):
     (["--augment", "mask", "--method", "none"], "needs a KD method"),
     (["--augment", "mask", "--stage1-epochs", "2"], "must be below --epochs"),
     (["--stage1-epochs", "1"], "needs a value >= 0 and extra text"),
+    (["--teacher-cache", "c", "--method", "msd"], "needs a frozen teacher"),
 ])
 def test_bad_input_exits_2_with_one_line(small_teacher, tmp_path, capsys, args, match):
     files = {"EMPTY": b"", "JSON": b'["anna", "sings"]\n', "LATIN1": "caf\u00e9 au lait\n".encode("latin-1")}

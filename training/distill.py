@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from training import data as data_lib
-from training import extra, losses, meta, trainer
+from training import extra, losses, meta, targetcache, trainer
 from training import model as model_lib
 from training.teacher import load_data
 
@@ -183,6 +183,13 @@ def main(argv=None) -> dict:
         extra_st = enc_pair(pool.sentences)
         print(f"extra: {data_lib.truncation_report(extra_st[0])}")
         train_batches, steps, total_steps = extra.plan(xargs, targs, (train_s, train_t), extra_st)
+    cache = None
+    if xargs.teacher_cache:
+        cache = targetcache.TargetCache(xargs.teacher_cache, targetcache.teacher_digest(dargs.teacher), kd_method,
+                                        dargs.topk, dargs.temperature)
+        batches_of = train_batches
+        train_batches = lambda epoch: cache.saving(batches_of(epoch))  # noqa: E731
+        print(f"teacher targets: {len(cache.entries)} sentences cached in {cache.path}")
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
     sched = trainer.linear_warmup(opt, total_steps, targs.warmup_ratio)
     t_opt = trainer.adam(list(teacher.parameters()), lr=dargs.teacher_lr) if cfg else None
@@ -198,6 +205,11 @@ def main(argv=None) -> dict:
                     yield from paired_batches(quiz_s, quiz_t, qbs, True, targs.seed * 1000 + epoch * 100 + c)
             quiz["it"] = cycle()
 
+    def teacher_targets(t_batch):
+        with torch.no_grad():
+            t_pot = teacher(t_batch)
+        return losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
+
     def step(batch):
         logs = {}
         labelled = batch.pop("labelled", None)  # (B,) bool with extra text: the NLL sees only these
@@ -206,9 +218,7 @@ def main(argv=None) -> dict:
             logs |= meta.teacher_step(student, teacher, t_opt, extra.rows(batch, labelled), q, cfg)
         targets = None
         if kd_method != "none":
-            with torch.no_grad():
-                t_pot = teacher(batch["teacher"])
-            targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
+            targets = cache.targets(batch["teacher"], teacher_targets) if cache else teacher_targets(batch["teacher"])
         loss, parts = extra.loss(kd_method, student(batch["student"]), batch["labels"], targets,
                                  dargs.alpha, dargs.temperature, labelled)
         trainer.update(loss, student, opt, sched, targs.grad_clip)

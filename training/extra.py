@@ -66,6 +66,7 @@ class ExtraArgs:
     mask_rate: float = field(default=0.15, metadata={"help": "--augment mask: share of words replaced by the mask token"})
     extra_share: float = field(default=0.5, metadata={"help": "share of each batch that is extra text, in (0, 1)"})
     stage1_epochs: int = field(default=0, metadata={"help": "first N epochs: KD alone on the extra text (no labelled data)"})
+    teacher_cache: str | None = field(default=None, metadata={"help": "keep the teacher's KD targets in this folder (safetensors), not for msd"})
 
     def __post_init__(self):
         unknown = [k for k in self.kinds if k not in AUGMENT_KINDS]
@@ -93,6 +94,8 @@ class ExtraArgs:
 
 def check(xargs: ExtraArgs, method: str, epochs: int, batch_size: int) -> None:
     """Refuse settings that only make sense together (ValueError, one line)."""
+    if xargs.teacher_cache and method in ("none", "msd"):
+        raise ValueError(f"--teacher-cache needs a frozen teacher and a KD method (not {method})")
     if not xargs.active:
         return
     if method == "none":
