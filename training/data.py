@@ -19,6 +19,7 @@ that names the file and line where that makes sense.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -31,7 +32,7 @@ import torch
 
 __all__ = [
     "DataError", "DataFileNotFoundError", "Sentence", "DatasetSplits", "Encoded",
-    "DATASET_NAMES", "read_conll", "iob1_to_iob2", "load_dataset", "label_list",
+    "DATASET_NAMES", "read_text", "read_conll", "iob1_to_iob2", "load_dataset", "label_list",
     "check_tags", "encode", "truncation_report", "collate", "batches",
 ]
 
@@ -94,12 +95,23 @@ def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
     return out
 
 
+def read_text(path) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped); :class:`DataError` naming the file
+    and line if it is not UTF-8."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+
+
 def _required_columns(*cols: int) -> int:
     """Number of columns a line needs so that every (possibly negative) index exists."""
     return max(c + 1 if c >= 0 else -c for c in cols)
 
 
-def read_conll(path, token_col: int = 0, tag_col: int = -1,
+def read_conll(path, token_col: int = 0, tag_col: int | None = -1,
                token_prefix: str | None = None, scheme: str = "iob2") -> list[Sentence]:
     """Read a CoNLL-style column file.
 
@@ -112,6 +124,8 @@ def read_conll(path, token_col: int = 0, tag_col: int = -1,
     * ``scheme="iob1"`` converts tags to IOB2. IOB2 data is kept as it is (an
       ``I-X`` after ``O`` is tolerated), but every tag must have the form ``O``,
       ``B-X`` or ``I-X``.
+    * ``tag_col=None`` reads words only (an unlabelled file, one column is
+      enough; other columns are ignored): every tag is ``O``.
 
     Raises :class:`DataFileNotFoundError` for a missing file and
     :class:`DataError` (message starting with ``file:line``) for a malformed line
@@ -123,7 +137,7 @@ def read_conll(path, token_col: int = 0, tag_col: int = -1,
     if not path.is_file():
         raise DataFileNotFoundError(f"data file not found: {path}")
     # At least two columns, so that a lone word is never read as its own tag.
-    need = max(2, _required_columns(token_col, tag_col))
+    need = _required_columns(token_col) if tag_col is None else max(2, _required_columns(token_col, tag_col))
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -134,8 +148,8 @@ def read_conll(path, token_col: int = 0, tag_col: int = -1,
             words.clear()
             tags.clear()
 
-    # utf-8-sig drops a byte-order mark; universal newlines handle \r\n files.
-    with open(path, encoding="utf-8-sig") as f:
+    # universal newlines handle \r\n files.
+    with io.StringIO(read_text(path), newline=None) as f:
         for lineno, line in enumerate(f, 1):
             fields = [c for c in _COL_SEP.split(line.rstrip("\n")) if c]
             if not fields:
@@ -148,7 +162,7 @@ def read_conll(path, token_col: int = 0, tag_col: int = -1,
             if len(fields) < need:
                 raise DataError(f"{where}: expected at least {need} columns, found "
                                 f"{len(fields)}: {line.rstrip()!r}")
-            token, tag = fields[token_col], fields[tag_col]
+            token, tag = fields[token_col], "O" if tag_col is None else fields[tag_col]
             if token_prefix:
                 if not token.startswith(token_prefix):
                     raise DataError(f"{where}: token {token!r} lacks the prefix {token_prefix!r}")

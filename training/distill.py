@@ -27,7 +27,7 @@ import torch
 from training import checkpoint as ckpt
 from training import data as data_lib
 from training import evaluate as eval_lib
-from training import layerwise, losses, meta, trainer
+from training import extra, layerwise, losses, meta, targetcache, trainer
 from training import model as model_lib
 from training.teacher import load_data
 
@@ -143,12 +143,21 @@ def build_student(dargs: DistillArgs, teacher: model_lib.BertCrf, teacher_tok):
     return student, tok, layers
 
 
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None) -> dict:
     try:
-        dargs, largs, targs = trainer.parse_args((DistillArgs, layerwise.LayerwiseArgs, trainer.TrainArgs), argv)
+        dargs, largs, targs, xargs = trainer.parse_args(
+            (DistillArgs, layerwise.LayerwiseArgs, trainer.TrainArgs, extra.ExtraArgs), argv)
+        extra.check(xargs, dargs.method, targs.epochs, targs.batch_size)
+        if xargs.teacher_cache and largs.active:
+            raise ValueError("--teacher-cache holds the teacher's CRF targets only; the layer-wise terms need its "
+                             "hidden states every step: drop --teacher-cache or the layer-wise weights")
     except ValueError as e:  # a dataclass refused a value: one line, exit 2, before any work
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(str(e))
     if dargs.method not in METHODS:
         raise SystemExit(f"error: --method must be one of {METHODS}, got {dargs.method!r}")
     if dargs.quiz_split not in ("holdout", "dev"):
@@ -179,12 +188,6 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     student.to(targs.device)
-    out = trainer.prepare_run_dir(targs)
-    last = out / ckpt.LAST
-    if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
-        print(f"error: {out} was trained by an older MSD (no teacher-guard state in {last}); "
-              "use --overwrite to start it again", file=sys.stderr)
-        raise SystemExit(2)
     teacher.eval()
     teacher.requires_grad_(False)  # MSD: meta.MetaTeacher chooses the trained ones
 
@@ -205,24 +208,50 @@ def main(argv=None) -> dict:
         align(es, et)
         return es, et
 
+    pool = None
+    if xargs.active:  # before the run directory is touched
+        try:
+            pool = extra.build(xargs, targs, splits, train, [s_tok, t_tok])
+        except data_lib.DataError as e:
+            _fail(str(e))
+    out = trainer.prepare_run_dir(targs)
+    last = out / ckpt.LAST
+    if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
+        print(f"error: {out} was trained by an older MSD (no teacher-guard state in {last}); "
+              "use --overwrite to start it again", file=sys.stderr)
+        raise SystemExit(2)
     train_s, train_t = enc_pair(train)
     print(f"train: {data_lib.truncation_report(train_s)}")
     dev_s = data_lib.encode(splits.dev, s_tok, label2id, max_length=targs.max_length)
     test_s = data_lib.encode(splits.test, s_tok, label2id, max_length=targs.max_length)
 
     steps = (len(train_s.items) + targs.batch_size - 1) // targs.batch_size
+    total_steps = steps * targs.epochs
+    train_batches = lambda epoch: paired_batches(train_s, train_t, targs.batch_size, True,  # noqa: E731
+                                                 targs.seed * 1000 + epoch, targs.bucket)
+    if pool:
+        extra_st = enc_pair(pool.sentences)
+        print(f"extra: {data_lib.truncation_report(extra_st[0])}")
+        train_batches, steps, total_steps = extra.plan(xargs, targs, (train_s, train_t), extra_st)
+    cache = None
+    if xargs.teacher_cache:
+        cache = targetcache.TargetCache(xargs.teacher_cache, targetcache.teacher_digest(dargs.teacher), kd_method,
+                                        dargs.topk, dargs.temperature)
+        batches_of = train_batches
+        train_batches = lambda epoch: cache.saving(batches_of(epoch))  # noqa: E731
+        print(f"teacher targets: {len(cache.entries)} sentences cached in {cache.path}")
     opt = trainer.make_optimizer(student, targs.lr, targs.head_lr, targs.weight_decay)
     if proj is not None:  # trained beside the student, at the head's lr (they start random, like the head)
         proj.to(targs.device)
         layerwise.add_to_optimizer(opt, proj, targs.head_lr, targs.weight_decay)
     clipped = student if proj is None else torch.nn.ModuleList([student, proj])  # gradient clipping covers both
-    sched = trainer.linear_warmup(opt, steps * targs.epochs, targs.warmup_ratio)
+    sched = trainer.linear_warmup(opt, total_steps, targs.warmup_ratio)
 
     quiz, msd = {}, None
     if cfg:
         dev_t = dev_s if same_tok else data_lib.encode(splits.dev, t_tok, label2id, max_length=targs.max_length)
         msd = meta.MetaTeacher(
-            teacher, cfg, lr=dargs.teacher_lr, total_steps=steps * targs.epochs, warmup_ratio=targs.warmup_ratio,
+            teacher, cfg, lr=dargs.teacher_lr, total_steps=total_steps, warmup_ratio=targs.warmup_ratio,
             params=dargs.teacher_params, meta_every=dargs.meta_every, max_drop=dargs.teacher_max_drop,
             on_drop=dargs.teacher_on_drop, evaluate=lambda: eval_lib.evaluate(
                 teacher, dev_t, splits.dev, targs.eval_batch_size, targs.device)["f1"])
@@ -236,22 +265,33 @@ def main(argv=None) -> dict:
                     yield from paired_batches(quiz_s, quiz_t, qbs, True, targs.seed * 1000 + epoch * 100 + c)
             quiz["it"] = cycle()
 
+    def teacher_targets(t_batch, t_pot=None):
+        if t_pot is None:
+            with torch.no_grad():
+                t_pot = teacher(t_batch)
+        return losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
+
     def step(batch):
         logs, s_pot = {}, None
-        if msd and msd.due(sched.last_epoch):  # sched.last_epoch: student steps done so far
-            logs, s_pot = msd.step(student, batch, trainer.local_batch(next(quiz["it"])))  # this process's quiz rows
-        targets = None
-        if kd_method != "none" or largs.active:
+        labelled = batch.pop("labelled", None)  # (B,) bool with extra text: the NLL sees only these
+        if msd and msd.due(sched.last_epoch) and (labelled is None or bool(labelled.any())):
+            q = trainer.local_batch(next(quiz["it"]))  # this process's rows of the quiz batch
+            logs, s_pot = msd.step(student, extra.rows(batch, labelled), q)
+            if labelled is not None:  # the pilot saw the labelled rows only: not this step's forward
+                s_pot = None
+        t_pot = None
+        if largs.active or (kd_method != "none" and not cache):
             with torch.no_grad():
                 t_pot = teacher(batch["teacher"], **largs.forward_flags())
+        targets = None
         if kd_method != "none":
-            targets = losses.teacher_targets(kd_method, t_pot, dargs.temperature, k=dargs.topk)
+            targets = cache.targets(batch["teacher"], teacher_targets) if cache else teacher_targets(batch["teacher"], t_pot)
         if s_pot is None or largs.active:  # else: the meta step's pilot forward (same batch, same student), kept
             s_pot = student(batch["student"], **largs.forward_flags())
-        loss, parts = losses.distill_loss(kd_method, s_pot, batch["labels"], targets, dargs.alpha, dargs.temperature)
-        if largs.active:
-            extra, lw_parts = layerwise.loss(largs, s_pot, t_pot, batch, matching, proj)
-            loss, parts = loss + extra, parts | lw_parts
+        loss, parts = extra.loss(kd_method, s_pot, batch["labels"], targets, dargs.alpha, dargs.temperature, labelled)
+        if largs.active:  # on every row, labelled or extra
+            lw, lw_parts = layerwise.loss(largs, s_pot, t_pot, batch, matching, proj)
+            loss, parts = loss + lw, parts | lw_parts
         trainer.update(loss, clipped, opt, sched, targs.grad_clip)
         return logs | {"loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                        "tokens": int(batch["student"]["attention_mask"].sum())}
@@ -273,7 +313,8 @@ def main(argv=None) -> dict:
         "train_sentences": len(train),
         "holdout_sentences": len(holdout),
         "dataset": splits.name,
-        "args": trainer.args_dict(dargs, largs, targs),
+        "extra_text": pool.info if pool else None,
+        "args": trainer.args_dict(dargs, largs, targs, xargs),
     }
     extras = {}
     if cfg:
@@ -282,9 +323,7 @@ def main(argv=None) -> dict:
         extras["teacher_best"] = (msd.best, t_tok, info | {"guard_best": True})  # the guard's best teacher so far
     fit = trainer.Fit(
         args=targs, model=student, tokenizer=s_tok, run_info=run_info,
-        train_batches=lambda epoch: paired_batches(train_s, train_t, targs.batch_size, True, targs.seed * 1000 + epoch,
-                                                    targs.bucket),
-        steps_per_epoch=steps, step=step,
+        train_batches=train_batches, steps_per_epoch=steps, step=step,
         dev=(dev_s, splits.dev), test=(test_s, splits.test),
         optimizers={"model": opt} | ({"teacher": msd.optimizer} if msd else {}),
         schedulers={"model": sched} | ({"teacher": msd.scheduler, "teacher_guard": msd.guard} if msd else {}),
