@@ -52,6 +52,10 @@ PAPER = {  # entity F1 on test, from the paper (BERT-base 12L teacher -> 6L stud
     "wikiann": {"teacher": 82.55, "none": 80.04, "topk": 80.10, "pos": 80.17, "struct": 80.34, "msd": 80.63},
     "conll2000": {"teacher": 96.24, "none": 95.02, "topk": 95.72, "pos": 95.90, "struct": 95.97, "msd": 96.04},
 }
+# The recipe as a grid variant: training/recipes/best.json with the other datasets' sentences as extra text ({pool});
+# --patience 0 gives it the same 10 epochs as every other cell (model selection on dev as everywhere).
+RECIPE = ("recipe", "pos", ["--recipe", "best", "--patience", "0", "--unlabeled", "{pool}"])
+POOL = {"conll2003": "conll2000,wikiann", "wikiann": "conll2003,conll2000", "conll2000": "conll2003,wikiann"}
 GRIDS = {  # presets: the issue's deliverables, in order of priority
     "table1": dict(datasets=["conll2003"], methods=list(METHODS), seeds=[0, 1, 2], layers=[3], alphas=[0.5]),
     "depth": dict(datasets=["conll2003"], methods=["none", "pos", "msd"], seeds=[0], layers=[1, 2, 3, 4], alphas=[0.5]),
@@ -70,10 +74,27 @@ GRIDS = {  # presets: the issue's deliverables, in order of priority
     "student_lr": dict(datasets=["conll2003"], methods=["none"], seeds=[0], layers=[3], alphas=[0.5],
                        student_lrs=[(5e-5, 1e-3), (1e-4, 1e-3), (2e-4, 1e-3), (1e-4, 5e-3)],
                        budget="full"),
-    "table1_full": dict(datasets=["conll2003"], methods=["none", "topk", "pos", "struct"], seeds=[0, 1, 2], layers=[3],
-                        alphas=[0.5], student_lrs="chosen on dev", budget="full"),
+    "table1_full": dict(datasets=["conll2003"], methods=["none", "topk", "pos", "struct", "msd"] + [RECIPE], seeds=[0, 1, 2],
+                        layers=[3], alphas=[0.5], student_lrs="chosen on dev", budget="full"),
+    # the 2-layer target (recipe vs the 2-layer baseline) and MSD's Figure 3 at the full budget
+    "depth_full": dict(datasets=["conll2003"], methods=["none", "msd", RECIPE], seeds=[0], layers=[2, 1, 4],
+                       alphas=[0.5], student_lrs="chosen on dev", budget="full"),
+    # what each part of the recipe is worth (CoNLL-2003, seed 0), and MSD inside the recipe
+    "ablation_full": dict(datasets=["conll2003"], seeds=[0], layers=[3], alphas=[0.5], student_lrs="chosen on dev",
+                          budget="full", methods=[
+                              ("recipe-no-layerwise", "pos", [*RECIPE[2], "--hidden-weight", "0", "--emission-weight", "0"]),
+                              ("recipe-no-unlabeled", "pos", [f for f in RECIPE[2] if f not in ("--unlabeled", "{pool}")]),
+                              ("recipe-no-augment", "pos", [*RECIPE[2], "--augment", ""]),
+                              ("recipe-two-stage", "pos", [*RECIPE[2], "--stage1-epochs", "2"]),
+                              ("msd-recipe", "msd", RECIPE[2])]),
+    # Figure 4 at the full budget: sensitivity to alpha
+    "alpha_full": dict(datasets=["conll2003"], methods=["pos", "struct", "msd"], seeds=[0], layers=[3],
+                       alphas=[0.1, 0.3, 0.7, 0.9], student_lrs="chosen on dev", budget="full"),
 }
-DEFAULT_TEACHER_LR = 2e-6  # training.distill's --teacher_lr, used by every cell that does not set one
+# The short grid's MSD cells were made by the MSD before issue 15 (second-order meta-gradient at every step, teacher
+# Adam at a constant 2e-5, no anchor, no guard): a short-budget cell without ``teacher_lr`` ran at this rate. New MSD
+# cells (today's MSD) belong to --budget full; a short-budget MSD cell run now would not be comparable with them.
+DEFAULT_TEACHER_LR = 2e-5
 
 
 def cell_key(c: dict) -> str:
@@ -188,7 +209,7 @@ def expand(grid: dict) -> list[dict]:
             for q, lr, slr in itertools.product(grid.get("quiz", ["holdout"]), grid.get("teacher_lrs", [None]),
                                                 grid.get("student_lrs", [None])):
                 # a method, or a variant (name, method, extra training.distill flags)
-                v = {} if isinstance(m, str) else {"variant": m[0], "flags": list(m[2])}
+                v = {} if isinstance(m, str) else {"variant": m[0], "flags": [f.replace("{pool}", POOL[ds]) for f in m[2]]}
                 cell = {"dataset": ds, "method": m if isinstance(m, str) else m[1], "seed": s, "layers": l, "alpha": a,
                         "quiz_split": q, **v}
                 cell = cell if lr is None else {**cell, "teacher_lr": lr}

@@ -68,9 +68,8 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
 def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch, capsys):
     from training.distill import DistillArgs
 
-    assert paper.DEFAULT_TEACHER_LR == DistillArgs.teacher_lr  # the report names the default the cells ran with
-    # below, the default cells of a sweep run when the default was 2e-5 (it is 2e-6 since issue 15)
-    monkeypatch.setattr(paper, "DEFAULT_TEACHER_LR", 2e-5)
+    # the short grid's MSD cells ran when training.distill's default was 2e-5 (2e-6 since issue 15)
+    assert paper.DEFAULT_TEACHER_LR == 2e-5 and DistillArgs.teacher_lr == 2e-6
     cells = paper.expand(paper.GRIDS["teacher_lr"])
     keys = [paper.cell_key(c) for c in cells]
     assert keys == ["conll2003/teacher", "conll2003/msd-L3-a0.5-s0-tlr2e-06", "conll2003/msd-L3-a0.5-s0-tlr2e-07"]
@@ -358,3 +357,15 @@ def test_variants_and_full_report(tmp_path, monkeypatch):
     assert "closes 89% of the gap; target 75%: **met**" in text
     assert "| recipe − none | +8.00, +9.00 | +8.50 |" in text
     assert "CoNLL-2003, 2 layers: target 50% of the gap: not measured" not in text  # no 2-layer cells at all
+
+
+def test_full_grids_recipe_pool_and_ablation():
+    """The recipe cells distil on the other datasets' sentences; the ablation removes one part at a time."""
+    cells = {paper.cell_key(c): c for c in paper.expand({**paper.GRIDS["ablation_full"], "student_lrs": [(1e-4, 1e-3)]})}
+    flags = {k.split("/")[1].split("-L")[0]: c.get("flags") for k, c in cells.items() if c["method"] != "teacher"}
+    assert flags["msd-recipe"][-2:] == ["--unlabeled", "conll2000,wikiann"]
+    assert "--unlabeled" not in flags["recipe-no-unlabeled"] and "--recipe" in flags["recipe-no-unlabeled"]
+    assert flags["recipe-no-augment"][-2:] == ["--augment", ""]
+    assert flags["recipe-no-layerwise"][-4:] == ["--hidden-weight", "0", "--emission-weight", "0"]
+    t1 = paper.expand({**paper.GRIDS["table1_full"], "datasets": ["wikiann"], "student_lrs": [(1e-4, 1e-3)]})
+    assert [c["flags"] for c in t1 if c.get("variant") == "recipe"][0][-1] == "conll2003,conll2000"
