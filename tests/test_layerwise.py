@@ -387,9 +387,12 @@ def test_config_file_values_and_overrides(tmp_path, capsys):
 
 
 def test_recipe_best_parses_and_matches_make_run():
-    dargs, largs, targs = trainer.parse_args((distill.DistillArgs, LayerwiseArgs, trainer.TrainArgs),
-                                             ["--recipe", "best", "--seed", "3"])
+    from training.extra import ExtraArgs
+
+    dargs, largs, targs, xargs = trainer.parse_args((distill.DistillArgs, LayerwiseArgs, trainer.TrainArgs, ExtraArgs),
+                                                    ["--recipe", "best", "--seed", "3"])
     assert dargs.method == "pos" and largs.hidden_weight > 0 and largs.emission_weight > 0
+    assert xargs.kinds == ["mention-swap", "mask"]  # the default data has no unlabelled tweets: augmented train
     assert targs.epochs == 10 and targs.patience == 3 and targs.seed == 3
     recipe = json.loads((trainer.RECIPES / "best.json").read_text())
     make = (ROOT / "Makefile").read_text()
