@@ -644,20 +644,15 @@ def main(argv=None) -> int:
         if grid.get("budget", "short") != args.budget:
             print(f"error: --grid {g} belongs to --budget {grid.get('budget', 'short')}", file=sys.stderr)
             return 2
-        if grid.get("student_lrs") == "chosen on dev":
-            best = chosen_student_lr(list(done.values()))
-            if best is None:
-                print(f"error: --grid {g} needs the finished --grid student_lr sweep (the student's learning rates "
-                      "are chosen there on dev)", file=sys.stderr)
-                return 2
-            grid = {**grid, "student_lrs": [best]}
-        if grid.get("teacher_lrs") == "chosen on dev":
-            best = chosen_teacher_lr(list(done.values()))
-            if best is None:
-                print(f"error: --grid {g} needs the finished --grid teacher_lr sweep (its learning rate is chosen "
-                      "there on dev)", file=sys.stderr)
-                return 2
-            grid = {**grid, "teacher_lrs": [best.get("teacher_lr")]}
+        for knob, sweep, choose, value in (("student_lrs", "student_lr", chosen_student_lr, lambda b: b),
+                                           ("teacher_lrs", "teacher_lr", chosen_teacher_lr, lambda b: b.get("teacher_lr"))):
+            if grid.get(knob) == "chosen on dev":  # a rate chosen on dev by its finished sweep
+                best = choose(list(done.values()))
+                if best is None:
+                    print(f"error: --grid {g} needs the finished --grid {sweep} sweep (its learning rate is chosen "
+                          "there on dev)", file=sys.stderr)
+                    return 2
+                grid = {**grid, knob: [value(best)]}
         for c in expand(grid):
             if cell_key(c) not in {cell_key(x) for x in cells} and (not args.dataset or c["dataset"] in args.dataset):
                 cells.append(c)
