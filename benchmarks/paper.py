@@ -322,12 +322,18 @@ def cost_lines(sub: list[dict]) -> list[str]:
     if cost.exists():
         res = {r["method"]: r for r in json.loads(cost.read_text())["results"]}
         if {"none", "pos", "msd"} <= res.keys():
-            out.append(f"- Per step, one interleaved run (`distill_cost.md`): msd {1e3 * res['msd']['median_step_s']:.0f} ms "
-                       f"vs pos {1e3 * res['pos']['median_step_s']:.0f} ms ({res['msd']['median_step_s'] / res['pos']['median_step_s']:.2f}x), "
-                       f"none {1e3 * res['none']['median_step_s']:.0f} ms; peak RSS msd/pos "
+            step = lambda m: res[m].get("mean_step_s") or res[m]["median_step_s"]  # noqa: E731 (msd alternates steps)
+            out.append(f"- Per step, one interleaved run of today's code (`distill_cost.md`, {cost_date(cost)}): msd "
+                       f"{1e3 * step('msd'):.0f} ms vs pos {1e3 * step('pos'):.0f} ms ({step('msd') / step('pos'):.2f}x, "
+                       f"mean step time), none {1e3 * step('none'):.0f} ms; peak RSS msd/pos "
                        f"{res['msd']['peak_rss_mb'] / res['pos']['peak_rss_mb']:.2f}x "
                        f"({res['msd']['peak_rss_mb']:.0f} vs {res['pos']['peak_rss_mb']:.0f} MB).")
     return out + [""] if out else []
+
+
+def cost_date(path: Path) -> str:
+    d = json.loads(path.read_text())
+    return str(d.get("meta", d).get("date", "undated"))[:10]
 
 
 def msd_teacher_lines(ds: str) -> list[str]:
