@@ -400,3 +400,12 @@ def test_recipe_best_parses_and_matches_make_run():
     assert re.search(rf"^RECIPE_EPOCHS\s*\?=\s*{recipe['epochs']}\s*$", make, re.M)
     assert re.search(rf"^RECIPE_PATIENCE\s*\?=\s*{recipe['patience']}\s*$", make, re.M)
     assert "--recipe best" in make
+
+
+def test_report_names_the_extra_text():
+    from training import report
+
+    info = {"method": "pos", "args": {"hidden_weight": 1.0, "emission_weight": 0.0, "augment": "mention-swap,mask",
+                                      "unlabeled": None}}
+    assert report.method(info) == "pos + hidden 1 + extra (augment mention-swap,mask)"
+    assert report.method({"method": "none", "args": {}}) == "none"

@@ -20,10 +20,13 @@ LAYERWISE = (("hidden_weight", "hidden"), ("attn_weight", "attn"), ("emission_we
 
 
 def method(info: dict) -> str:
-    """``pos``, or ``pos + hidden 1 + emission 1`` with the layer-wise terms a student used."""
+    """``pos``, or ``pos + hidden 1 + emission 1 + extra (augment mention-swap,mask)`` with the layer-wise terms
+    and the extra text a student used."""
     args = info.get("args") or {}
     terms = [f"{name} {args[k]:g}" for k, name in LAYERWISE if args.get(k)]
-    return " + ".join([info.get("method", "-"), *terms])
+    sources = [f"{k} {args[k]}" for k in ("unlabeled", "augment") if args.get(k)]
+    extra = [f"extra ({', '.join(sources)})"] if sources else []
+    return " + ".join([info.get("method", "-"), *terms, *extra])
 
 
 def epochs(info: dict) -> str | None:
