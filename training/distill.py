@@ -185,8 +185,7 @@ def main(argv=None) -> dict:
         same_tok = same_tokenization(s_tok, t_tok)
         matching, proj = layerwise.setup(largs, student, teacher, same_tok, layer_map) if largs.active else (None, None)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(e))
     student.to(targs.device)
     teacher.eval()
     teacher.requires_grad_(False)  # MSD: meta.MetaTeacher chooses the trained ones
@@ -217,9 +216,7 @@ def main(argv=None) -> dict:
     out = trainer.prepare_run_dir(targs)
     last = out / ckpt.LAST
     if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
-        print(f"error: {out} was trained by an older MSD (no teacher-guard state in {last}); "
-              "use --overwrite to start it again", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(f"{out} was trained by an older MSD (no teacher-guard state in {last}); use --overwrite to start it again")
     train_s, train_t = enc_pair(train)
     print(f"train: {data_lib.truncation_report(train_s)}")
     dev_s = data_lib.encode(splits.dev, s_tok, label2id, max_length=targs.max_length)
