@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
+import fnmatch
 import itertools
 import json
 import os
@@ -619,6 +620,9 @@ def main(argv=None) -> int:
                          "cell with 2 threads (measured with distill_cost), at the price of slower single cells")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="list the cells still to run")
+    ap.add_argument("--first", action="append", default=[], metavar="GLOB",
+                    help="run the cells whose key matches GLOB first, in the order the globs are given (repeatable), "
+                         "e.g. --first '*/recipe-L3-*-s0-*'; the rest follow in grid order")
     args = ap.parse_args(argv)
     global RESULTS, RUNS
     if args.budget != "short":  # (the short budget's paths are the module's own, which tests patch)
@@ -662,7 +666,7 @@ def main(argv=None) -> int:
         for c in expand(grid):
             if cell_key(c) not in {cell_key(x) for x in cells} and (not args.dataset or c["dataset"] in args.dataset):
                 cells.append(c)
-    todo = plan(cells, done)
+    todo = prioritise(plan(cells, done), args.first)
     print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
     if args.dry_run:
         print("\n".join(cell_key(c) for c in todo))
@@ -685,6 +689,14 @@ def plan(cells: list[dict], done: dict) -> list[dict]:
             todo.insert(0, {**c, "retrain_of": {"dev": prev["dev"]["f1"], "test": prev["test"]["f1"],
                                                 "finished_at": prev.get("finished_at")}})
     return todo
+
+
+def prioritise(todo: list[dict], globs: list[str]) -> list[dict]:
+    """``todo`` with the cells matching ``globs`` (fnmatch on the cell key) moved to the front, in glob order; a
+    teacher that must run again stays first (its students wait for it anyway)."""
+    rank = lambda c: 0 if c["method"] == "teacher" else next(  # noqa: E731
+        (1 + i for i, g in enumerate(globs) if fnmatch.fnmatchcase(cell_key(c), g)), 1 + len(globs))
+    return sorted(todo, key=rank)  # stable: grid order within a rank
 
 
 def _teacher_on_disk_is(ds: str, row: dict) -> bool:

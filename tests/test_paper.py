@@ -369,3 +369,17 @@ def test_full_grids_recipe_pool_and_ablation():
     assert flags["recipe-no-layerwise"][-4:] == ["--hidden-weight", "0", "--emission-weight", "0"]
     t1 = paper.expand({**paper.GRIDS["table1_full"], "datasets": ["wikiann"], "student_lrs": [(1e-4, 1e-3)]})
     assert [c["flags"] for c in t1 if c.get("variant") == "recipe"][0][-1] == "conll2003,conll2000"
+
+
+def test_first_moves_matching_cells_ahead_in_glob_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    monkeypatch.setattr(paper, "RUNS", tmp_path / "runs")
+    argv = ["--grid", "table1", "--data-dir", str(tmp_path), "--dry-run"]
+    assert paper.main(argv) == 0
+    plain = capsys.readouterr().out.splitlines()[1:]
+    assert paper.main([*argv, "--first", "*/msd-*-s1", "--first", "*/none-*"]) == 0
+    keys = capsys.readouterr().out.splitlines()[1:]
+    assert sorted(keys) == sorted(plain)  # the same cells, reordered
+    assert keys[:5] == ["conll2003/teacher", "conll2003/msd-L3-a0.5-s1",  # a teacher to train stays first
+                        "conll2003/none-L3-a0.5-s0", "conll2003/none-L3-a0.5-s1", "conll2003/none-L3-a0.5-s2"]
+    assert [k for k in keys[5:]] == [k for k in plain if k not in keys[:5]]  # the rest in grid order
