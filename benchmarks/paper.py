@@ -57,6 +57,7 @@ PAPER = {  # entity F1 on test, from the paper (BERT-base 12L teacher -> 6L stud
 # --patience 0 gives it the same 10 epochs as every other cell (model selection on dev as everywhere).
 RECIPE = ("recipe", "pos", ["--recipe", "best", "--patience", "0", "--unlabeled", "{pool}"])
 POOL = {"conll2003": "conll2000,wikiann", "wikiann": "conll2003,conll2000", "conll2000": "conll2003,wikiann"}
+BEST_KD = "best single KD method on dev"  # a grid's method placeholder, resolved by chosen_kd_method
 GRIDS = {  # presets: the issue's deliverables, in order of priority
     "table1": dict(datasets=["conll2003"], methods=list(METHODS), seeds=[0, 1, 2], layers=[3], alphas=[0.5]),
     "depth": dict(datasets=["conll2003"], methods=["none", "pos", "msd"], seeds=[0], layers=[1, 2, 3, 4], alphas=[0.5]),
@@ -88,6 +89,10 @@ GRIDS = {  # presets: the issue's deliverables, in order of priority
                               ("recipe-no-augment", "pos", [*RECIPE[2], "--augment", ""]),
                               ("recipe-two-stage", "pos", [*RECIPE[2], "--stage1-epochs", "2"]),
                               ("msd-recipe", "msd", RECIPE[2])]),
+    # Tables II-III at the full budget: the baseline, the best single KD method of Table I (``BEST_KD``: chosen by
+    # mean dev F1 over its CoNLL-2003 seeds), MSD and the recipe, at the student learning rates chosen on CoNLL-2003
+    "tables23_full": dict(datasets=["wikiann", "conll2000"], methods=["none", BEST_KD, "msd", RECIPE], seeds=[0, 1, 2],
+                          layers=[3], alphas=[0.5], student_lrs="chosen on dev", budget="full"),
     # Figure 4 at the full budget: sensitivity to alpha
     "alpha_full": dict(datasets=["conll2003"], methods=["pos", "struct", "msd"], seeds=[0], layers=[3],
                        alphas=[0.1, 0.3, 0.7, 0.9], student_lrs="chosen on dev", budget="full"),
@@ -553,6 +558,20 @@ def chosen_student_lr(rows: list[dict]) -> tuple[float, float] | None:
     return best["lr"], best["head_lr"]
 
 
+def chosen_kd_method(rows: list[dict]) -> str | None:
+    """The single output-level KD method (topk, pos or struct) of the full-budget Table I with the best mean dev F1
+    over its seeds (never test F1); None until all of those cells have finished."""
+    g = {**GRIDS["table1_full"], "methods": ["topk", "pos", "struct"]}
+    best = chosen_student_lr(rows)
+    if best is None:
+        return None
+    want = {cell_key(c) for c in expand({**g, "student_lrs": [best]}) if c["method"] != "teacher"}
+    done = [r for r in rows if r["key"] in want]
+    if len(done) < len(want):
+        return None
+    return max(g["methods"], key=lambda m: statistics.fmean(r["dev"]["f1"] for r in done if r["method"] == m))
+
+
 def _lr(r: dict) -> float:
     return r.get("teacher_lr") or DEFAULT_TEACHER_LR
 
@@ -663,6 +682,13 @@ def main(argv=None) -> int:
                           "there on dev)", file=sys.stderr)
                     return 2
                 grid = {**grid, knob: [value(best)]}
+        if BEST_KD in grid["methods"]:
+            kd = chosen_kd_method(list(done.values()))
+            if kd is None:
+                print(f"error: --grid {g} needs the finished topk / pos / struct cells of --grid table1_full (its "
+                      "best single KD method is chosen there on dev)", file=sys.stderr)
+                return 2
+            grid = {**grid, "methods": [kd if m == BEST_KD else m for m in grid["methods"]]}
         for c in expand(grid):
             if cell_key(c) not in {cell_key(x) for x in cells} and (not args.dataset or c["dataset"] in args.dataset):
                 cells.append(c)

@@ -383,3 +383,30 @@ def test_first_moves_matching_cells_ahead_in_glob_order(tmp_path, monkeypatch, c
     assert keys[:5] == ["conll2003/teacher", "conll2003/msd-L3-a0.5-s1",  # a teacher to train stays first
                         "conll2003/none-L3-a0.5-s0", "conll2003/none-L3-a0.5-s1", "conll2003/none-L3-a0.5-s2"]
     assert [k for k in keys[5:]] == [k for k in plain if k not in keys[:5]]  # the rest in grid order
+
+
+def test_tables23_full_waits_for_table1_and_takes_the_best_kd_method_on_dev(tmp_path, monkeypatch, capsys):
+    """Tables II-III at the full budget run the single KD method with the best mean dev F1 of Table I (never test)."""
+    results = tmp_path / "full_runs.jsonl"
+    monkeypatch.setitem(paper.BUDGETS, "full", (results, tmp_path / "runs", 10))  # main() switches to these
+    monkeypatch.setattr(paper, "RESULTS", paper.RESULTS)
+    monkeypatch.setattr(paper, "RUNS", paper.RUNS)
+    rows = []
+    for i, c in enumerate(x for x in paper.expand(paper.GRIDS["student_lr"]) if x["method"] != "teacher"):
+        rows.append({"key": paper.cell_key(c), **c, "dev": {"f1": 0.8 + 0.01 * i}, "test": {"f1": 0.8}})
+    best = paper.chosen_student_lr(rows)
+    t1 = [c for c in paper.expand({**paper.GRIDS["table1_full"], "student_lrs": [best]}) if c["method"] != "teacher"]
+    dev = {"topk": 0.85, "pos": 0.87, "struct": 0.86}  # pos best on dev; struct best on test
+    test = {"topk": 0.80, "pos": 0.80, "struct": 0.90}
+    kd = [{"key": paper.cell_key(c), **c, "dev": {"f1": dev[c["method"]]}, "test": {"f1": test[c["method"]]}}
+          for c in t1 if c["method"] in dev and "variant" not in c]
+    assert len(kd) == 9 and paper.chosen_kd_method(rows + kd[:-1]) is None
+    assert paper.chosen_kd_method(rows + kd) == "pos"
+    argv = ["--budget", "full", "--grid", "tables23_full", "--data-dir", str(tmp_path), "--dry-run"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows + kd[:-1]))
+    assert paper.main(argv) == 2 and "table1_full" in capsys.readouterr().err
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows + kd))
+    assert paper.main(argv) == 0
+    keys = capsys.readouterr().out.splitlines()[1:]
+    assert {k.split("/")[1].split("-L")[0] for k in keys if "teacher" not in k} == {"none", "pos", "msd", "recipe"}
+    assert "wikiann/teacher" in keys and "conll2000/teacher" in keys and len(keys) == 2 * (1 + 4 * 3)
