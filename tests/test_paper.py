@@ -354,7 +354,12 @@ def test_variants_and_full_report(tmp_path, monkeypatch):
                                 for c in cells[1:]]
     text = full_report.report(rows, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
     assert "| recipe | 89.00 ± 1.41 (n=2) | 50.00 ± 0.00 (n=2) | 89% |" in text  # (89 - 80.5) / (90 - 80.5)
-    assert "closes 89% of the gap; target 75%: **met**" in text
+    assert "the best student on dev (`recipe`) closes 89% of the gap on test; target 75%: **met**" in text
+    # the best student is chosen on dev: a variant better on test but worse on dev does not become it
+    leaky = [{**row(c, 0.95, dev=0.4), "variant": "leaky", "key": paper.cell_key(c).replace("recipe", "leaky")}
+             for c in rec]
+    text2 = full_report.report(rows + leaky, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
+    assert "the best student on dev (`recipe`) closes 89% of the gap on test" in text2
     assert "| recipe − none | +8.00, +9.00 | +8.50 |" in text
     assert "CoNLL-2003, 2 layers: target 50% of the gap: not measured" not in text  # no 2-layer cells at all
 
