@@ -4,7 +4,7 @@
                               [--threads N] [--seconds 3] [--out benchmarks/results/gemm]
 
 A one-node ONNX graph is timed with ONNX Runtime itself, with the engine's session options
-(:func:`serving.engine.session_options`: same intra-op threads, spinning off):
+(:func:`export.runtime.open_session`: same intra-op threads, spinning off):
 
 * ``fp32``: ``MatMul`` of a float input ``(tokens, hidden)`` by a constant ``(hidden, intermediate)``;
 * ``int8``: ``MatMulInteger`` of a uint8 input by a constant int8 weight (int32 result): the
@@ -111,15 +111,12 @@ def gemm_model(tokens: int, k: int, n: int, precision: str, seed: int = 0):
 def measure_gemm(tokens: int, k: int, n: int, precision: str, threads: int | None = None, seconds: float = 3.0,
                  warmup: int = 3) -> dict:
     """Sustained rate of ``(tokens, k) x (k, n)`` in ``precision`` with the engine's session options."""
-    import onnxruntime as ort
-
-    from serving.engine import session_options
+    from export.runtime import open_session
 
     if min(tokens, k, n) < 1 or seconds <= 0:
         raise ValueError("tokens, k, n must be >= 1 and seconds > 0")
     model = gemm_model(tokens, k, n, precision)
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(threads),
-                                providers=["CPUExecutionProvider"])
+    sess = open_session(model.SerializeToString(), threads)
     rng = np.random.default_rng(1)
     a = (rng.standard_normal((tokens, k)).astype(np.float32) if precision == "fp32"
          else rng.integers(0, 256, (tokens, k), dtype=np.uint8))

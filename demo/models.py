@@ -1,15 +1,13 @@
 """The two models of the demo behind one small interface: ``predict(text) -> Prediction``.
 
+Both run the one tagging pipeline of the server (:class:`export.pipeline.Tagger`: word splitting,
+first-sub-token alignment, windows for long inputs, NumPy CRF, span confidences); only the source
+of emissions differs:
+
 * :class:`OnnxTagger` -- an ONNX export (``python -m export.onnx``) through
   :class:`serving.engine.NerEngine`: the very code path of the HTTP server.
 * :class:`TorchTagger` -- a PyTorch checkpoint (run directory or ``best/``) loaded with
-  :func:`training.model.load` and decoded with its own CRF (:func:`training.crf.viterbi`). Raw text
-  is split into words by :func:`serving.engine.split_words` (the engine's splitting, imported, not
-  copied), words are encoded exactly as in training (:func:`training.data.encode`, which also turns
-  words without sub-tokens into the unk token), and a sentence longer than the model's
-  ``max_length`` is cut into overlapping windows by :func:`serving.engine.plan_windows`; each word
-  takes its tag from the window where it is most central, as in the engine. Entity scores are the
-  same CRF span posteriors as the engine's (:func:`serving.engine.span_probability`).
+  :func:`training.model.load`, its encoder as the emissions (:mod:`training.backend`).
 
 :func:`load_model` picks the class from the directory (``manifest.json`` -> ONNX, otherwise a
 checkpoint); :func:`check_model_path` gives a one-line error for a missing or wrong directory
@@ -23,11 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export import format as fmt
-from serving import engine as _engine
-from serving.engine import (Entity, merge_windows, plan_windows, span_probability, span_score, split_words,
-                            tags_to_spans)
-
-DEFAULT_WINDOW_OVERLAP = getattr(_engine, "DEFAULT_WINDOW_OVERLAP", 0.25)  # the engine's default
+from export.pipeline import DEFAULT_WINDOW_OVERLAP, Document, Entity, split_words
 
 __all__ = ["ModelError", "Prediction", "OnnxTagger", "TorchTagger", "load_model", "check_model_path",
            "human_bytes", "human_count"]
@@ -56,6 +50,13 @@ class _Base:
     num_parameters: int | None = None
     size_bytes: int | None = None       # weights on disk (encoder + CRF files)
     max_length: int = 128
+
+    def predict(self, text: str) -> Prediction:
+        """Entities of ``text`` by ``self.tagger`` (the pipeline), timed."""
+        t0 = time.perf_counter()
+        entities, timings = self.tagger.predict([text], return_timings=True)
+        seconds = time.perf_counter() - t0
+        return Prediction(list(entities[0]), seconds, int(timings["windows"]), len(split_words(text)[0]))
 
     def describe(self) -> str:
         return (f"{self.kind} · {human_count(self.num_parameters)} parameters · "
@@ -111,33 +112,18 @@ class OnnxTagger(_Base):
                          size_bytes=_file_size(model_file, path / fmt.CRF_FILE),
                          max_length=int(self.engine.max_length))
         self.precision = precision
-
-    def predict(self, text: str) -> Prediction:
-        t0 = time.perf_counter()
-        entities, timings = self.engine.predict([text], return_timings=True)
-        seconds = time.perf_counter() - t0
-        return Prediction(list(entities[0]), seconds, int(timings.get("windows", 1) or 1),
-                          len(split_words(text)[0]))
+        self.tagger = self.engine
 
 
 # --------------------------------------------------------------------------- PyTorch checkpoint
-@dataclass
-class _TorchWindow:
-    lo: int
-    hi: int
-    tags: list
-    node: object
-    edge: object
-
-
 class TorchTagger(_Base):
-    """A PyTorch BERT-CRF checkpoint decoded with its CRF (see the module doc)."""
+    """A PyTorch BERT-CRF checkpoint through the pipeline (see the module doc)."""
 
     def __init__(self, path, role: str = "teacher", threads: int | None = None,
                  window_overlap: float = DEFAULT_WINDOW_OVERLAP):
         import torch
-        from tokenizers import Tokenizer
 
+        from training import backend
         from training import checkpoint as ckpt
         from training.model import load
 
@@ -152,87 +138,18 @@ class TorchTagger(_Base):
         self.tokenizer = tokenizer
         self.info = info
         directory = ckpt.resolve(path)
-        max_length = int((info.get("args") or {}).get("max_length") or 128)
-        limits = [getattr(model.encoder.config, "max_position_embeddings", None),
-                  getattr(tokenizer, "model_max_length", None)]
-        max_length = min([max_length] + [int(x) for x in limits if x and x < 1_000_000])
+        max_length = backend.max_length(model, tokenizer, info)
         super().__init__(role=role, path=path, kind="PyTorch", labels=list(model.labels),
                          num_parameters=int(model.num_parameters()),
                          size_bytes=_file_size(directory / "model.safetensors", directory / ckpt.CRF_FILE),
                          max_length=max_length)
         self.checkpoint = directory
         self.window_overlap = float(window_overlap)
-        self.num_special = int(tokenizer.num_special_tokens_to_add(pair=False))
-        self.budget = max(1, max_length - self.num_special)
-        # sub-token counts of whole inputs: the fast tokenizer without truncation / padding
-        self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self._counter.no_truncation()
-        self._counter.no_padding()
-        unk = tokenizer.unk_token
-        self.unk_token = unk if unk and tokenizer.convert_tokens_to_ids(unk) is not None else "?"
-
-    def _counts(self, words: list[str]) -> tuple[list[str], list[int]]:
-        enc = self._counter.encode(words, is_pretokenized=True, add_special_tokens=False)
-        counts = [0] * len(words)
-        for w in enc.word_ids:
-            if w is not None:
-                counts[w] += 1
-        if 0 in counts:  # words without sub-tokens -> unk (as training.data.encode does)
-            words = [self.unk_token if c == 0 else w for w, c in zip(words, counts)]
-            return self._counts(words)
-        return words, counts
+        self.tagger = backend.tagger(model, tokenizer, max_length, window_overlap=window_overlap)
 
     def windows(self, words: list[str]) -> list[tuple[int, int]]:
         """``[lo, hi)`` word windows that each fit ``max_length`` sub-tokens (one when all fits)."""
-        if not words:
-            return []
-        words, counts = self._counts(words)
-        if sum(counts) + self.num_special <= self.max_length:
-            return [(0, len(words))]
-        return plan_windows(counts, self.budget, self.window_overlap)
-
-    def tag_words(self, words: list[str]):
-        """Tag ids per word (windows merged) and the windows (lo, hi, tags, node and edge marginals)."""
-        import torch
-
-        from training import crf as crf_lib
-        from training.data import Sentence, collate, encode
-
-        n = len(words)
-        spans = self.windows(words)
-        pieces = [Sentence(list(words[lo:hi]), ["O"] * (hi - lo)) for lo, hi in spans]
-        enc = encode(pieces, self.tokenizer, None, max_length=self.max_length)
-        kept = [len(it["word_index"]) for it in enc.items]
-        if kept != [hi - lo for lo, hi in spans]:  # cannot happen: windows fit max_length
-            raise RuntimeError("a window lost words to truncation")
-        batch = collate(enc.items, enc.pad_token_id)
-        with torch.no_grad():
-            p = self.model(batch)
-            _, paths = crf_lib.viterbi(*p.args())
-            node, edge = crf_lib.marginals(*p.args())
-        per_window = [_TorchWindow(lo, hi, paths[b, : hi - lo].tolist(), node[b, : hi - lo].numpy(),
-                                   edge[b, : max(hi - lo - 1, 0)].numpy()) for b, (lo, hi) in enumerate(spans)]
-        return merge_windows(per_window, n), per_window
-
-    @staticmethod
-    def _span_score(tags, lo, hi, per_window, n) -> float:
-        def prob(w, tags, a, b):
-            return span_probability(w.node, w.edge, list(tags[w.lo:w.hi]), a - w.lo, b - w.lo)
-
-        return span_score(per_window, tags, lo, hi, n, prob)
-
-    def predict(self, text: str) -> Prediction:
-        t0 = time.perf_counter()
-        words, offsets = split_words(text)
-        if not words:
-            return Prediction([], time.perf_counter() - t0, 0, 0)
-        tags, per_window = self.tag_words(words)
-        out = []
-        for lo, hi, typ in tags_to_spans([self.labels[t] for t in tags]):
-            s, e = offsets[lo][0], offsets[hi - 1][1]
-            score = self._span_score(tags, lo, hi, per_window, len(words))
-            out.append(Entity(text[s:e], typ, s, e, round(score, 6), lo, hi))
-        return Prediction(out, time.perf_counter() - t0, len(per_window), len(words))
+        return [(w.lo, w.hi) for w in self.tagger.windows([Document.from_words(words)])]
 
 
 # --------------------------------------------------------------------------- loading

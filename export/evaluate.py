@@ -3,11 +3,12 @@
     python -m export.evaluate EXPORT_DIR [--dataset NAME] [--data-dir D] [--split dev]
                                          [--precision fp32|int8|int8-dynamic|all] [--limit N]
 
-Runs the exported graph(s) with ONNX Runtime on a split (tokenized with the export's own
-tokenizer through transformers, exactly as in training: :func:`training.data.encode`),
-gathers the emissions at first sub-tokens and decodes them with the NumPy Viterbi; the source
-checkpoint (from the manifest, or ``--checkpoint``) is evaluated on the same sentences with
-:func:`training.evaluate.predict`. Prints a table and writes
+Tags a split with the tagging pipeline of serving (:class:`export.pipeline.Tagger`: the export's
+own ``tokenizer.json``, first sub-tokens, NumPy Viterbi), once per source of emissions: the
+source checkpoint (from the manifest, or ``--checkpoint``; :mod:`training.backend`) and every
+exported graph on ONNX Runtime (:class:`export.runtime.OrtEmissions`; ``int8-dynamic`` one sentence
+at a time, as the engine runs it). The protocol is training's (:func:`training.evaluate.evaluate`):
+words after ``max_length`` sub-tokens are cut, predicted ``O`` and counted. Prints a table and writes
 ``EXPORT_DIR/eval-<dataset>-<split>.json`` with precision / recall / F1 for pytorch and every
 precision of the export, the F1 deltas and the word-level tag agreement with PyTorch. This is an offline tool (it
 needs torch); the serving path never imports it.
@@ -26,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from export import format as fmt
-from export import viterbi as np_crf
+from export.pipeline import Document, Tagger
+from export.runtime import OrtEmissions, open_session
 from training import checkpoint as ckpt
 
 
@@ -37,39 +37,13 @@ class EvaluateError(ValueError):
     """Bad input (exit code 2)."""
 
 
-def _session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def onnx_predict(session, crf: dict, encoded, batch_size: int = 32) -> list[list[str]]:
-    """Viterbi tags (strings) for every sentence of ``encoded`` with an ONNX Runtime session;
-    words cut by max_length are tagged ``O`` (as :func:`training.evaluate.predict` does)."""
-    from training import data as data_lib
-
-    labels = crf["labels"]
-    names = [i.name for i in session.get_inputs()]
-    out: list[list[str] | None] = [None] * len(encoded.items)
-    for batch in data_lib.batches(encoded, batch_size, shuffle=False, seed=0,
-                                  pad_token_id=getattr(encoded, "pad_token_id", 0), bucket=True):
-        feed = {}
-        for n in names:
-            feed[n] = batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy())
-        logits = session.run(None, feed)[0]
-        word_index = batch["word_index"].numpy()
-        mask = batch["word_mask"].numpy()
-        emissions = np.take_along_axis(logits, word_index[:, :, None], axis=1)
-        _, paths = np_crf.viterbi(emissions, mask, crf["transitions"], crf["start"], crf["end"])
-        for b, i in enumerate(batch["index"].tolist()):
-            n = int(mask[b].sum())
-            tags = [labels[t] for t in paths[b, :n].tolist()]
-            out[i] = tags + ["O"] * (encoded.items[i]["n_words"] - n)
-    return out  # type: ignore[return-value]
+def predict(tagger, sentences, batch_size: int = 32) -> tuple[list[list[str]], int]:
+    """Tags (strings) of every sentence by ``tagger`` (:class:`export.pipeline.Tagger`) under the
+    training protocol (words after ``max_length`` sub-tokens tagged ``O``), and the number of such
+    cut words."""
+    docs = [Document.from_words(s.words) for s in sentences]
+    tags, _, timings = tagger.tag(docs, batch_size, scores=False, truncate=True)
+    return [[tagger.labels[t] for t in row] for row in tags], int(timings["truncated_words"])
 
 
 def agreement(a: list[list[str]], b: list[list[str]]) -> float:
@@ -119,23 +93,17 @@ def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precis
         raise EvaluateError(str(e)) from None
     gold = [s.tags for s in sentences]
 
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from tokenizers import Tokenizer
 
+    from training import backend
     from training import evaluate as ev
     from training import model as model_lib
 
-    hf_logging.set_verbosity_error()
-    tok = AutoTokenizer.from_pretrained(str(export_dir), use_fast=True)
+    tok_path = export_dir / fmt.TOKENIZER_FILE
+    if not tok_path.is_file():
+        raise EvaluateError(f"{export_dir}: missing {fmt.TOKENIZER_FILE}")
+    tokenizer = Tokenizer.from_file(str(tok_path))  # the serving tokenizer
     max_len = int(man[fmt.K_MAX_LENGTH])
-    label2id = {l: i for i, l in enumerate(man[fmt.K_LABELS])}
-    enc = data_lib.encode(sentences, tok, label2id, max_length=max_len)
-
-    result = {"export": str(export_dir), "dataset": splits.name, "split": split, "sentences": len(sentences),
-              "limit": limit, "max_length": max_len, "truncated_words": int(enc.n_truncated_words),
-              "checkpoint": str(ck_dir)}
-    digest = ckpt_digest_matches(man, ck_dir)
-    result["checkpoint_matches_manifest"] = digest
 
     import torch
 
@@ -143,14 +111,18 @@ def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precis
         torch.set_num_threads(threads)
     model, _, _ = model_lib.load(ck_dir)
     t0 = time.perf_counter()
-    pt_pred = ev.predict(model, enc, batch_size=batch_size)
+    pt_pred, cut = predict(backend.tagger(model, tokenizer, max_len), sentences, batch_size)
     pt = ev.entity_metrics(gold, pt_pred) | {"seconds": round(time.perf_counter() - t0, 3)}
-    result["pytorch"] = pt
     del model
+    result = {"export": str(export_dir), "dataset": splits.name, "split": split, "sentences": len(sentences),
+              "limit": limit, "max_length": max_len, "truncated_words": cut, "checkpoint": str(ck_dir)}
+    result["checkpoint_matches_manifest"] = ckpt_digest_matches(man, ck_dir)
+    result["pytorch"] = pt
     for p in precisions:
-        sess = _session(fmt.model_path(export_dir, p, man), threads)
+        emissions = OrtEmissions(open_session(fmt.model_path(export_dir, p, man), threads),
+                                 batch_invariant=fmt.batch_invariant(man, p))
         t0 = time.perf_counter()
-        pred = onnx_predict(sess, crf, enc, batch_size)
+        pred, _ = predict(Tagger(emissions, tokenizer, crf, max_len), sentences, batch_size)
         m = ev.entity_metrics(gold, pred)
         m |= {"seconds": round(time.perf_counter() - t0, 3), "agreement_with_pytorch": agreement(pred, pt_pred),
               "sentences_identical": sum(a == b for a, b in zip(pred, pt_pred)) / max(len(pred), 1)}

@@ -34,7 +34,9 @@ exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
   (the packaged MiniLM file pads everything to 128) and truncation at ``max_length``, as in
   training; it is checked against transformers on the parity sentences.
 * parity with PyTorch is measured at export time on a fixed set of sentences of varied lengths
-  (max |emission| difference, agreement of the Viterbi tags) and stored in the manifest.
+  (max |emission| difference, agreement of the Viterbi tags) and stored in the manifest: both run
+  through the tagging pipeline of serving (:mod:`export.pipeline`), on the same windows, with the
+  PyTorch model or the ONNX Runtime session as the source of emissions.
 * everything is written to a temporary sibling directory and renamed into place at the end, so
   a failure never leaves a half-written export. Bad input (no such directory, not a checkpoint,
   missing CRF tensors, unsupported opset, ...) -> one-line error, exit code 2; a failure of the
@@ -65,7 +67,8 @@ from pathlib import Path
 import numpy as np
 
 from export import format as fmt
-from export import viterbi as np_crf
+from export.pipeline import Document, Tagger
+from export.runtime import OrtEmissions, open_session
 from training import checkpoint as ckpt
 
 MIN_OPSET = 14  # scaled_dot_product_attention needs 14
@@ -77,7 +80,7 @@ EXPORTED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_
 MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 # Words for the parity check: one word, short, punctuation / casing / unicode / URLs (several
-# sub-tokens per word), medium, and one long enough to be cut at max_length.
+# sub-tokens per word), medium, and one longer than max_length (cut into windows).
 _LONG = ("The committee of the International Olympic Committee met in Lausanne on Tuesday to discuss "
          "the 2032 bid from Brisbane , Queensland , which Prime Minister Anthony Albanese called a "
          "once-in-a-generation opportunity for Australia and the Pacific region .").split()
@@ -89,7 +92,7 @@ PARITY_SENTENCES = [
     ["Pharmacokinetics", "of", "acetaminophen", "and", "dextromethorphan", "in", "Reykjavík", "hospitals"],
     ["I"],
     _LONG,
-    (_LONG * 4)[:150],  # cut at max_length sub-tokens
+    (_LONG * 4)[:150],  # longer than max_length sub-tokens: windows, as in serving
 ]
 
 
@@ -301,121 +304,61 @@ def _versions() -> dict:
     return out
 
 
-def encode_words(tokenizer, sentences, max_length: int) -> dict:
-    """Tokenize pre-split sentences (right-padded) -> NumPy inputs + first-sub-token positions.
-
-    Returns ``{"input_ids", "attention_mask"[, "token_type_ids"], "word_index" (B, N), "word_mask" (B, N)}``;
-    words cut by ``max_length`` are dropped (as in training).
-    """
-    enc = tokenizer([list(s) for s in sentences], is_split_into_words=True, truncation=True,
-                    max_length=max_length, padding=True, return_tensors="np")
-    firsts = []
-    for b in range(len(sentences)):
-        idx, seen = [], set()
-        for pos, w in enumerate(enc.word_ids(b)):
-            if w is not None and w not in seen:
-                seen.add(w)
-                idx.append(pos)
-        firsts.append(idx)
-    N = max(1, max(len(f) for f in firsts))
-    word_index = np.zeros((len(sentences), N), dtype=np.int64)
-    word_mask = np.zeros((len(sentences), N), dtype=bool)
-    for b, f in enumerate(firsts):
-        word_index[b, : len(f)] = f
-        word_mask[b, : len(f)] = True
-    out = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
-           if k in enc}
-    out.update(word_index=word_index, word_mask=word_mask)
-    return out
-
-
-def gather_emissions(logits: np.ndarray, word_index: np.ndarray) -> np.ndarray:
-    """``(B, S, L)`` sub-token logits -> ``(B, N, L)`` emissions at the first sub-token of each word."""
-    return np.take_along_axis(logits, word_index[:, :, None], axis=1)
-
-
 def _ort_session(path: Path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _run_ort(session, inputs: dict) -> np.ndarray:
-    feed = {}
-    for i in session.get_inputs():
-        feed[i.name] = inputs[i.name] if i.name in inputs else np.zeros_like(inputs["input_ids"])
-    return session.run(None, feed)[0]
-
-
-def _paths(emissions, mask, crf) -> list[list[int]]:
-    _, paths = np_crf.viterbi(emissions, mask, crf["transitions"], crf["start"], crf["end"])
-    return [paths[b, : int(mask[b].sum())].tolist() for b in range(len(paths))]
+    return open_session(path)
 
 
 def torch_reference(model, tokenizer, sentences, max_length: int) -> dict:
-    """PyTorch logits, emissions and Viterbi tags (training.crf) for the parity sentences."""
-    import torch
+    """The PyTorch side of the parity check: the parity sentences through the tagging pipeline with
+    the model as the source of emissions (:mod:`training.backend`), as the sequences the engine
+    runs (a sentence longer than ``max_length`` cut into windows), in one padded batch; logits
+    kept. ``{"labels", "windows"}``."""
+    from training import backend
 
-    from training import crf as crf_lib
-
-    enc = encode_words(tokenizer, sentences, max_length)
-    batch = {k: torch.from_numpy(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-    model.eval()
-    with torch.no_grad():
-        logits = model.encoder(**batch).logits
-        idx = torch.from_numpy(enc["word_index"])
-        emissions = logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))
-        mask = torch.from_numpy(enc["word_mask"])
-        _, paths = crf_lib.viterbi(emissions, mask, model.crf.transitions, model.crf.start, model.crf.end)
-    lengths = enc["word_mask"].sum(1)
-    return {"enc": enc, "logits": logits.numpy(), "emissions": emissions.numpy(),
-            "tags": [paths[b, :n].tolist() for b, n in enumerate(lengths)]}
+    tagger = backend.tagger(model, tokenizer, max_length)
+    windows = tagger.windows([Document.from_words(s) for s in sentences])
+    tagger.run(windows, batch_size=max(len(windows), 1), scores=False, keep_logits=True)
+    return {"labels": tagger.labels, "windows": windows}
 
 
 def measure_parity(onnx_path: Path, ref: dict, crf: dict, tokenizer, sentences, max_length: int) -> dict:
-    """Compare an ONNX graph with the PyTorch reference, batched (padded) and one sentence at a time."""
-    sess = _ort_session(onnx_path)
-    enc = ref["enc"]
+    """Compare an ONNX graph with the PyTorch reference (:func:`torch_reference`) through the same
+    pipeline on the same windows: in one padded batch, and one window at a time (no padding)."""
+    tagger = Tagger(OrtEmissions(_ort_session(onnx_path)), tokenizer, {"labels": ref["labels"], **crf}, max_length)
+    docs = [Document.from_words(s) for s in sentences]
+    ref_windows = ref["windows"]
     t0 = time.perf_counter()
-    logits = _run_ort(sess, enc)
-    if logits.shape != ref["logits"].shape:
-        raise ExportFailed(f"{onnx_path.name}: output shape {logits.shape} != PyTorch {ref['logits'].shape}")
-    att = enc["attention_mask"].astype(bool)
-    logit_diff = float(np.abs(logits - ref["logits"])[att].max())
-    emissions = gather_emissions(logits, enc["word_index"])
-    wm = enc["word_mask"]
-    em_diff = float(np.abs(emissions - ref["emissions"])[wm].max())
-    tags = _paths(emissions, wm, crf)
-    # one sentence at a time (no padding): dynamic axes and the unpadded path
-    single_diff = 0.0
-    batch_diff = 0.0  # the graph against itself: padded batch vs alone (0 for a batch-invariant graph)
-    single_tags = []
-    for i, s in enumerate(sentences):
-        e1 = encode_words(tokenizer, [s], max_length)
-        em1 = gather_emissions(_run_ort(sess, e1), e1["word_index"])
-        n = int(e1["word_mask"].sum())
-        single_diff = max(single_diff, float(np.abs(em1[0, :n] - ref["emissions"][i, :n]).max()))
-        batch_diff = max(batch_diff, float(np.abs(em1[0, :n] - emissions[i, :n]).max()))
-        single_tags.append(_paths(em1, e1["word_mask"], crf)[0])
+    batched, alone = tagger.windows(docs), tagger.windows(docs)
+    if [w.ids for w in batched] != [w.ids for w in ref_windows]:  # one tokenizer: cannot happen
+        raise ExportFailed(f"{onnx_path.name}: the parity windows differ from the PyTorch reference's")
+    tagger.run(batched, batch_size=max(len(batched), 1), scores=False, keep_logits=True)
+    tagger.run(alone, batch_size=1, scores=False)
+    for w, r in zip(batched, ref_windows):
+        if w.logits.shape != r.logits.shape:
+            raise ExportFailed(f"{onnx_path.name}: output shape {w.logits.shape} != PyTorch {r.logits.shape}")
+
+    def max_diff(xs, ys, key):
+        return max((float(np.abs(getattr(x, key) - getattr(y, key)).max()) for x, y in zip(xs, ys)), default=0.0)
+
     seconds = time.perf_counter() - t0
-    ref_tags = ref["tags"]
+    tags, single_tags, ref_tags = ([w.tags for w in ws] for ws in (batched, alone, ref_windows))
     words = sum(len(t) for t in ref_tags)
     agree = sum(a == b for ta, tb in zip(tags, ref_tags) for a, b in zip(ta, tb))
     agree1 = sum(a == b for ta, tb in zip(single_tags, ref_tags) for a, b in zip(ta, tb))
     return {
         "sentences": len(sentences),
+        "windows": len(ref_windows),
         "words": int(words),
-        "sub_tokens": int(att.sum()),
-        "word_lengths": [int(n) for n in wm.sum(1)],
-        "max_abs_emission_diff": em_diff,
-        "max_abs_emission_diff_unbatched": single_diff,
-        "max_abs_emission_diff_batched_vs_alone": batch_diff,
-        "max_abs_logit_diff": logit_diff,
+        "sub_tokens": sum(len(w.ids) for w in ref_windows),
+        "word_lengths": [len(w.first) for w in ref_windows],
+        "max_abs_emission_diff": max_diff(batched, ref_windows, "emissions"),
+        "max_abs_emission_diff_unbatched": max_diff(alone, ref_windows, "emissions"),
+        # the graph against itself: padded batch vs alone (0 for a batch-invariant graph)
+        "max_abs_emission_diff_batched_vs_alone": max_diff(alone, batched, "emissions"),
+        "max_abs_logit_diff": max_diff(batched, ref_windows, "logits"),
         "tag_agreement": agree / max(words, 1),
         "tag_agreement_unbatched": agree1 / max(words, 1),
-        "sentences_identical": sum(a == b for a, b in zip(tags, ref_tags)) / len(sentences),
+        "sentences_identical": sum(a == b for a, b in zip(tags, ref_tags)) / max(len(ref_tags), 1),
         "seconds": round(seconds, 3),
     }
 
@@ -471,9 +414,11 @@ class _CalibrationReader:
     def get_next(self):
         if self.i >= len(self.sentences):
             return None
-        enc = encode_words(self.tokenizer, [self.sentences[self.i]], self.max_length)
+        enc = self.tokenizer([self.sentences[self.i]], is_split_into_words=True, truncation=True,
+                             max_length=self.max_length, return_tensors="np")
         self.i += 1
-        return {n: enc[n] if n in enc else np.zeros_like(enc["input_ids"]) for n in self.input_names}
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        return {n: np.asarray(enc[n], dtype=np.int64) if n in enc else np.zeros_like(ids) for n in self.input_names}
 
     def rewind(self):
         self.i = 0

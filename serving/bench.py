@@ -15,9 +15,10 @@ same texts, in the same run, with the same number of threads):
 * ``optimum_student``: optimum's ``ORTModelForTokenClassification`` on the same ``model.onnx``
   (``file_name="model.onnx"``) in a transformers ``pipeline("token-classification",
   aggregation_strategy="simple")`` -- no CRF, softmax scores;
-* ``torch_student``: the PyTorch student (``training.model.load`` + ``BertCrf.decode``, Viterbi in
-  torch), on the words of :func:`serving.engine.split_words`; default: the checkpoint named in the
-  export's manifest, when it exists;
+* ``torch_student``: the PyTorch student (``training.model.load``) through the engine's own
+  pipeline (:mod:`training.backend`: same words, windows, NumPy CRF and confidences; only the
+  encoder is PyTorch instead of ONNX Runtime); default: the checkpoint named in the export's
+  manifest, when it exists;
 * ``hf_teacher``: transformers ``pipeline("token-classification")`` on the teacher's encoder + head
   (``RUN/best``, PyTorch, no CRF).
 
@@ -126,31 +127,16 @@ def _teacher_predictor(cfg):
 def _torch_student_predictor(cfg):
     import torch
 
-    from serving.engine import split_words, tags_to_spans
+    from training import backend
     from training import checkpoint as ckpt
-    from training.data import Sentence, collate, encode
     from training.model import load
 
     torch.set_num_threads(cfg["threads"])
     model, tok, run = load(cfg["checkpoint"])
-    model.eval()
-    labels = model.labels
-    max_length = int((run.get("args") or {}).get("max_length") or 128)
+    tagger = backend.tagger(model, tok, backend.max_length(model, tok, run))
 
     def predict(texts, bs, key=None):
-        split = [split_words(t) for t in texts]
-        keep = [i for i, (w, _) in enumerate(split) if w]
-        out = [[] for _ in texts]
-        if not keep:
-            return out
-        enc = encode([Sentence(split[i][0], ["O"] * len(split[i][0])) for i in keep], tok, None,
-                     max_length=max_length)
-        with torch.inference_mode():
-            tags = model.decode(collate(enc.items, enc.pad_token_id))
-        for i, row in zip(keep, tags):
-            offs = split[i][1]
-            out[i] = [(offs[a][0], offs[b - 1][1], typ) for a, b, typ in tags_to_spans([labels[t] for t in row])]
-        return out
+        return [[(e.start, e.end, e.label) for e in r] for r in tagger.predict(texts, batch_size=bs)]
 
     return predict, _weights_size(ckpt.resolve(cfg["checkpoint"])), None
 

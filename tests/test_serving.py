@@ -259,7 +259,7 @@ def test_long_input_is_windowed_not_truncated(engine, tok):
 
 
 def test_span_across_windows_scores_each_piece_in_its_window(engine):
-    from serving.engine import _Window
+    from export.pipeline import Window as _Window
 
     rng = np.random.default_rng(3)
     c = engine.crf
@@ -601,7 +601,7 @@ def test_dockerfile_and_dockerignore():
     patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
                 if l.strip() and not l.startswith("#")]
     for kept in ("pyproject.toml", "serving/engine.py", "serving/__main__.py", "export/format.py",
-                 "export/viterbi.py", "runs/student/onnx/model.onnx", "runs/conll2003/student/onnx/crf.json"):
+                 "export/viterbi.py", "export/pipeline.py", "export/runtime.py", "runs/student/onnx/model.onnx", "runs/conll2003/student/onnx/crf.json"):
         assert not _dockerignored(kept, patterns), kept
     for dropped in (".venv/bin/python", ".git/HEAD", "tests/test_serving.py", "runs/student/best/model.safetensors",
                     "runs/teacher/last/optimizer.safetensors", "benchmarks/results/serving.json",

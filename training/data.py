@@ -30,6 +30,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from export.pipeline import align, kept_words
+
 __all__ = [
     "DataError", "DataFileNotFoundError", "Sentence", "DatasetSplits", "Encoded",
     "DATASET_NAMES", "read_text", "read_conll", "iob1_to_iob2", "load_dataset", "label_list",
@@ -484,14 +486,12 @@ def encode(sentences: Sequence[Sentence], tokenizer, label2id: dict[str, int] | 
         batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         for j, s in enumerate(chunk):
             index = start + j
-            word_ids = batch.word_ids(j)
-            word_index = []
-            for pos, w in enumerate(word_ids):
-                if w is not None and w == len(word_index):
-                    word_index.append(pos)
-                elif w is not None and w > len(word_index):
-                    raise RuntimeError(f"sentence {index}: word {len(word_index)} has no sub-token")
-            kept = len(word_index)
+            first, _ = align(batch.word_ids(j), len(s.words))
+            try:
+                kept = kept_words(first)
+            except RuntimeError as e:
+                raise RuntimeError(f"sentence {index}: {e}") from None
+            word_index = first[:kept]
             item = {"input_ids": batch["input_ids"][j], "attention_mask": batch["attention_mask"][j]}
             if "token_type_ids" in batch:
                 item["token_type_ids"] = batch["token_type_ids"][j]

@@ -14,6 +14,7 @@ import time
 import torch
 from seqeval.metrics import classification_report
 
+from training import backend
 from training import checkpoint as ckpt
 from training import crf
 from training import data as data_lib
@@ -34,7 +35,8 @@ def _process_group() -> tuple[int, int]:
 @torch.no_grad()
 def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool = False,
             distributed: bool = False):
-    """Viterbi tags (strings) for every sentence of ``encoded``, padded with ``O`` for cut words.
+    """Viterbi tags (strings) for every sentence of ``encoded``, padded with ``O`` for cut words
+    (words aligned by :func:`training.data.encode`, emissions decoded by :func:`training.backend.decode`).
 
     With ``with_loss`` also returns the mean CRF NLL of the gold tags (kept words) per sentence.
     With ``distributed`` (every process of the group must call it): the batches are dealt round-robin
@@ -53,11 +55,10 @@ def predict(model, encoded, batch_size: int = 64, device="cpu", with_loss: bool 
             idx = batch.pop("index").tolist()
             batch = {k: v.to(device) for k, v in batch.items()}
             p = model(batch)
-            _, paths = crf.viterbi(*p.args())
             if with_loss:
                 nll_sum += float(crf.nll(p.emissions, batch["labels"], *p.args()[1:]).sum())
-            for row, i in enumerate(idx):
-                tags = [labels[t] for t in paths[row, : int(p.mask[row].sum())].tolist()]
+            for i, path in zip(idx, backend.decode(p)):  # the tagging pipeline's NumPy Viterbi
+                tags = [labels[t] for t in path]
                 mine[i] = tags + ["O"] * (encoded.items[i]["n_words"] - len(tags))
     finally:
         model.train(was_training)
