@@ -14,7 +14,7 @@ whose ``run.json`` says ``kind: teacher``, or ``--teacher``):
    while the checkpoint's sha256, the precisions and the calibration settings still match;
 2. entity F1 (seqeval) on ``--split`` of ``--dataset``, from that export through
    :class:`serving.engine.NerEngine` (the serving code; long sentences are windowed, not cut);
-3. speed, each configuration in a fresh process by :func:`serving.bench.run_configs` (the serving
+3. speed, each configuration in a fresh process by :func:`benchmarks.serving_bench.run_configs` (the serving
    benchmark's worker): sentences/s at batch 1, 8 and 32, latency p50 / p99 at batch 1, peak RSS,
    model size, on ``--texts`` sentences of the split (evenly spaced) joined as raw text;
 4. the fraction of this CPU's GEMM limit each point reaches (:mod:`benchmarks.gemm`).
@@ -362,8 +362,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
 
-    from serving import bench
-    from serving.texts import _spread
+    from benchmarks import serving_bench as bench
+    from benchmarks.common import machine
+    from benchmarks.texts import spread
 
     try:
         if args.gemm_seconds < 0:
@@ -373,7 +374,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     runs, precisions, sentences = v["runs"], v["precisions"], v["sentences"]
-    speed_sents = _spread(sentences, args.texts)
+    speed_sents = spread(sentences, args.texts)
     texts = [" ".join(s.words) for s in speed_sents]
     n_words = sum(len(s.words) for s in speed_sents)
 
@@ -438,7 +439,7 @@ def main(argv=None) -> int:
     calib = v["calibration"]
     report = {
         "command": " ".join(["python -m benchmarks.frontier"] + [shlex.quote(a) for a in argv]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": bench.machine(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "threads": args.threads, "device": args.device, "gpu": bench.gpu_line(args.device, {
             n: r for n, r in results.items() if "error" not in r}) if results else "GPU: not measured",
         "dataset": v["dataset"], "split": args.split, "f1_sentences": len(sentences),

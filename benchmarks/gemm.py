@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     else:
         config = {"hidden_size": args.hidden, "intermediate_size": args.intermediate or 4 * args.hidden,
                   "num_hidden_layers": 1}
-    from serving.bench import machine
+    from benchmarks.common import machine
 
     limits = measure_limits(config, args.threads, args.tokens, args.seconds)
     report = {"command": " ".join(["python -m benchmarks.gemm"] + [shlex.quote(a) for a in argv]),

@@ -34,9 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving.bench import machine
-from serving.load import rss_bytes
-from serving.texts import read_conll_words
+from benchmarks.common import machine, rss_bytes
+from benchmarks.texts import read_conll_words
 
 ROOT = Path(__file__).resolve().parents[1]
 

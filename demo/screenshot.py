@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
+from benchmarks.common import free_port
 from export.format import PRECISIONS
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -40,12 +40,6 @@ def find_chromium() -> str | None:
         if path:
             return path
     return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_in_page(page, url: str, text: str, timeout_ms: float = 30_000) -> None:

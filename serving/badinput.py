@@ -1,6 +1,6 @@
 """A corpus of bad (and odd but valid) requests for ``POST /v1/ner`` and their expected status.
 
-Shared by the tests (``tests/test_serving.py``) and the load test (``python -m serving.load``),
+Shared by the tests (``tests/test_serving.py``) and the load test (``python -m benchmarks.serving_load``),
 which sends it while the server is under load. Every ``BAD`` case must get its 4xx with a JSON
 ``{"error": "..."}`` body; every ``EDGE`` case (emoji, control characters, zero-width characters,
 text at the exact size limit, ...) is valid and must get a 200 with well-formed entities. After

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from serving.texts import conll_blocks
+from serving.conll import conll_blocks
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

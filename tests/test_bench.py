@@ -1,4 +1,4 @@
-"""serving.bench on a tiny export (issue #16 additions): every precision, the GEMM limit and the
+"""benchmarks.serving_bench on a tiny export (issue #16 additions): every precision, the GEMM limit and the
 fraction of it reached, the GPU line, and the --sweep mode. Tiny sizes: this checks the plumbing,
 not the figures."""
 import json
@@ -22,7 +22,7 @@ def export_dir(tmp_path_factory):
 
 
 def test_bench_every_precision_and_gemm_fraction(export_dir, tmp_path):
-    from serving import bench
+    from benchmarks import serving_bench as bench
 
     out = tmp_path / "serving"
     rc = bench.main([str(export_dir), "--texts", "6", "--latency-texts", "3", "--threads", "1", "--gemm-seconds", "0.05",
@@ -46,7 +46,7 @@ def test_bench_every_precision_and_gemm_fraction(export_dir, tmp_path):
 
 
 def test_bench_sweep_tiny(export_dir, tmp_path):
-    from serving import bench
+    from benchmarks import serving_bench as bench
 
     out = tmp_path / "sweep"
     rc = bench.main([str(export_dir), "--sweep", "--texts", "4", "--latency-texts", "2", "--threads", "1",

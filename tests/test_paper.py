@@ -1,10 +1,11 @@
-"""The paper-reproduction runner: cell bookkeeping and the report (on synthetic result lines)."""
+"""The paper-reproduction runner (benchmarks.paper: cell bookkeeping) and its report (benchmarks.paper_report),
+on synthetic result lines."""
 
 import json
 
 import pytest
 
-from benchmarks import paper
+from benchmarks import paper, paper_report
 
 
 def _line(method, seed, f1, layers=3, alpha=0.5, quiz="holdout", teacher_lr=None, dev=None):
@@ -134,24 +135,24 @@ def test_teacher_lr_sweep_cells_and_report(tmp_path, monkeypatch, capsys):
 
 
 def test_conclusion_branches():
-    P = paper.Paired  # per-seed differences of msd from pos / struct (F1 points), paired t-test p
-    win = paper.conclusion({"pos": P([1.4, 1.5, 1.6], 0.01), "struct": P([0.8, 0.9, 1.0], 0.03)}, "conll2003")
+    P = paper_report.Paired  # per-seed differences of msd from pos / struct (F1 points), paired t-test p
+    win = paper_report.conclusion({"pos": P([1.4, 1.5, 1.6], 0.01), "struct": P([0.8, 0.9, 1.0], 0.03)}, "conll2003")
     assert win.startswith("**MSD wins here: +1.50 vs pos and +0.90 vs struct")
     assert "+1.29 vs pos and +0.80 vs struct" in win
-    lose = paper.conclusion({"pos": P([0.1, 0.0, 0.2], 0.5), "struct": P([-0.4, -0.3, -0.5], 0.01)}, "wikiann")
+    lose = paper_report.conclusion({"pos": P([0.1, 0.0, 0.2], 0.5), "struct": P([-0.4, -0.3, -0.5], 0.01)}, "wikiann")
     assert lose.startswith("**MSD does not win here") and "significantly worse" in lose
     assert "+0.46 vs pos and +0.29 vs struct" in lose
-    below = paper.conclusion({"pos": P([-0.78, -2.26, -1.26], 0.08), "struct": P([-1.08, -2.52, -1.48], 0.06)}, "wikiann")
+    below = paper_report.conclusion({"pos": P([-0.78, -2.26, -1.26], 0.08), "struct": P([-1.08, -2.52, -1.48], 0.06)}, "wikiann")
     assert "lower than both on every one of the 3 seeds" in below and "significantly" not in below
-    mixed = paper.conclusion({"pos": P([0.13, -0.2, -0.23], 0.7), "struct": P([-0.1, -0.3, -0.5], 0.2)}, "conll2003")
+    mixed = paper_report.conclusion({"pos": P([0.13, -0.2, -0.23], 0.7), "struct": P([-0.1, -0.3, -0.5], 0.2)}, "conll2003")
     assert "do not stand out" in mixed and "every one" not in mixed
-    above = paper.conclusion({"pos": P([0.7, 0.2, 1.5], 0.2), "struct": P([0.4, 0.1, 0.9], 0.1)}, "conll2003",
+    above = paper_report.conclusion({"pos": P([0.7, 0.2, 1.5], 0.2), "struct": P([0.4, 0.1, 0.9], 0.1)}, "conll2003",
                              name="MSD (teacher lr 2e-06)")
     assert above.startswith("**MSD (teacher lr 2e-06) is higher than both on every one of the 3 seeds")
     assert "not a demonstrated win" in above and "wins here" not in above
-    few = paper.conclusion({"pos": P([2.0, 2.0], 0.01), "struct": P([2.0, 2.1, 1.9], 0.01)}, "conll2003")
+    few = paper_report.conclusion({"pos": P([2.0, 2.0], 0.01), "struct": P([2.0, 2.1, 1.9], 0.01)}, "conll2003")
     assert "too few seeds" in few and "wins" not in few
-    assert "no finished seed" in paper.conclusion({"none": P([1.0, 1.0, 1.0], 0.1)}, "conll2003")
+    assert "no finished seed" in paper_report.conclusion({"none": P([1.0, 1.0, 1.0], 0.1)}, "conll2003")
 
 
 def test_verdict_paired_t_test_detects_a_consistent_difference():
@@ -159,7 +160,7 @@ def test_verdict_paired_t_test_detects_a_consistent_difference():
     for s, base in enumerate([0.80, 0.82, 0.81]):
         lines += [_line("none", s, base), _line("pos", s, base + 0.01), _line("struct", s, base + 0.011),
                   _line("msd", s, base + 0.03 + 0.001 * s)]
-    text = "\n".join(paper.verdict(lines))
+    text = "\n".join(paper_report.verdict(lines))
     assert "**MSD wins here: +2.10 vs pos and +2.00 vs struct F1" in text
     assert "`msd` closes 34% of the gap" in text
 
@@ -265,16 +266,16 @@ def test_a_retrained_teacher_is_reported_beside_the_first(tmp_path, monkeypatch)
     late = _line("msd", 0, 0.7, alpha=0.1) | {"teacher_f1": {"dev": 0.89, "test": 0.89}}
     rows = [first, *students, again, late]
     (tmp_path / "paper_runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert paper.teacher_of(students, [first, again]) is first
-    assert paper.teacher_of([late], [first, again]) is again
+    assert paper_report.teacher_of(students, [first, again]) is first
+    assert paper_report.teacher_of([late], [first, again]) is again
     md = paper.report(tmp_path / "paper.md")
     assert "| teacher (training 1, taught these students) | 90.00 (n=1)" in md
     assert "| teacher (training 2) | 89.00 (n=1)" in md
     assert "gap (teacher − mean `none`): 9.00 F1" in md  # against the first teacher (90 - mean 81), not the retrained one
     assert "not bit-identical" in md and "89.00: msd-L3-a0.1-s0" in md
     same = again | {"test": first["test"], "dev": first["dev"]}
-    assert "the same teacher." in paper.teacher_lines([first, same], rows)[0]
-    assert paper.teacher_lines([first], rows) == []
+    assert "the same teacher." in paper_report.teacher_lines([first, same], rows)[0]
+    assert paper_report.teacher_lines([first], rows) == []
 
 
 def test_dataset_filter_restricts_the_grid(tmp_path, monkeypatch, capsys):

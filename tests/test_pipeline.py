@@ -109,7 +109,7 @@ def test_align_and_kept_words():
 
 
 def test_bench_torch_student_runs_the_pipeline(setup):
-    from serving import bench
+    from benchmarks import serving_bench as bench
 
     predict, size, _ = bench._torch_student_predictor({"checkpoint": str(setup["run"]), "threads": 1})
     texts = [t for t in TEXTS if t]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.common import free_port
 from export import format as fmt
 from export import viterbi as nv
 from serving import badinput
@@ -332,6 +333,21 @@ def test_serving_path_imports_no_torch(export_dir):
     assert r.returncode == 0, r.stderr
 
 
+def test_serving_package_holds_no_benchmark_code():
+    """Every import in serving/*.py, lazy ones included, stays on the serving path: the Docker image
+    copies serving/ whole, and benchmarks (which import torch, optimum, training) live in benchmarks/."""
+    import ast
+
+    bad = {"torch", "transformers", "optimum", "safetensors", "training", "benchmarks", "demo"}
+    found = []
+    for f in sorted((ROOT / "serving").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{f.name}: {n}" for n in names if n.split(".")[0] in bad]
+    assert found == []
+
+
 # --------------------------------------------------------------------------- HTTP
 @pytest.fixture(scope="module")
 def client(engine):
@@ -374,6 +390,83 @@ def test_http_endpoints(client, engine):
         assert needle in text, needle
     for line in text.splitlines():  # exposition format: comments or `name{labels} value`
         assert line.startswith("#") or re.fullmatch(r"[a-z_]+(\{[^}]*\})? [-+0-9.eInf]+", line), line
+
+
+def test_openapi_publishes_the_contract(engine):
+    """GET /openapi.json: the three request shapes under the server's limits, the answers and the error
+    body; no interactive docs (they would load scripts from a CDN)."""
+    from dataclasses import fields
+
+    from fastapi.testclient import TestClient
+
+    from serving.engine import Entity
+
+    with TestClient(create_app(engine, Settings(max_texts=5, max_chars=40))) as c:
+        r = c.get("/openapi.json")
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert c.get(path).status_code == 404 and c.get(path).json() == {"error": f"no such endpoint: {path}"}
+        assert c.post("/openapi.json").status_code == 405
+    assert r.status_code == 200 and r.json()["openapi"].startswith("3.")
+    doc = r.json()
+    schemas = doc["components"]["schemas"]
+    deref = lambda s: schemas[s["$ref"].rsplit("/", 1)[1]]  # noqa: E731
+    assert {"/v1/ner", "/healthz", "/v1/model", "/metrics"} <= set(doc["paths"])
+    ner = doc["paths"]["/v1/ner"]["post"]
+    shapes = {tuple(s["required"]): s for s in map(deref, ner["requestBody"]["content"]["application/json"]["schema"]
+                                                           ["oneOf"])}
+    assert set(shapes) == {("text",), ("texts",), ("words",)} and ner["requestBody"]["required"] is True
+    assert all(s["additionalProperties"] is False and len(s["properties"]) == 1 for s in shapes.values())
+    text, texts, words = (shapes[(k,)]["properties"][k] for k in ("text", "texts", "words"))
+    assert text == {"type": "string", "maxLength": 40, "title": "Text"}
+    assert texts["type"] == "array" and (texts["minItems"], texts["maxItems"]) == (1, 5)
+    assert texts["items"] == {"type": "string", "maxLength": 40}
+    assert (words["minItems"], words["maxItems"]) == (1, 5)
+    assert words["items"] == {"type": "array", "items": {"type": "string"}}
+    answers = {deref(s)["title"]: deref(s) for s in ner["responses"]["200"]["content"]["application/json"]["schema"]
+               ["anyOf"]}
+    assert set(answers) == {"Entities", "Results"}
+    assert deref(answers["Results"]["properties"]["results"]["items"]) is answers["Entities"]
+    entity = deref(answers["Entities"]["properties"]["entities"]["items"])
+    assert set(entity["properties"]) == set(entity["required"]) == {f.name for f in fields(Entity)}
+    for status in ("400", "413", "415", "422", "500", "503"):
+        error = deref(ner["responses"][status]["content"]["application/json"]["schema"])
+        assert error["required"] == ["error"] and set(error["properties"]) == {"error"}, status
+    assert "503" in doc["paths"]["/healthz"]["get"]["responses"]
+    assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+
+
+def test_openapi_request_shapes_agree_with_the_parser():
+    """The shapes /openapi.json publishes accept exactly the JSON bodies that the hand-written parser
+    accepts, over the bad-input corpus; the exceptions are the checks JSON Schema cannot state."""
+    from typing import Union
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from serving.requests import ClientError, parse_request, request_models
+
+    settings = Settings()
+    shapes = TypeAdapter(Union[tuple(request_models(settings))])
+    beyond_schema = {"words_too_long", "many_empty_words",  # words' characters joined with spaces (413)
+                     "bom_prefixed_body"}  # a byte-order mark before the JSON, skipped by the parser
+    cases = [c for c in badinput.corpus(settings) if c.method == "POST" and c.path == "/v1/ner"
+             and c.headers == badinput.JSON and not c.chunked and c.body is not None
+             and len(c.body) <= settings.max_body_bytes]
+    assert len(cases) > 60
+    disagree = []
+    for case in cases:
+        try:
+            parse_request(case.body, settings)
+            parsed = True
+        except ClientError:
+            parsed = False
+        try:
+            shapes.validate_json(case.body)
+            valid = True
+        except ValidationError:
+            valid = False
+        if parsed != valid:
+            disagree.append(case.name)
+    assert sorted(disagree) == sorted(beyond_schema)
 
 
 CORPUS = badinput.corpus(Settings())
@@ -467,16 +560,10 @@ def test_concurrent_requests_are_batched(engine):
     assert app.state.batcher.batches == count
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_and_query(python, export, cwd, timeout=90):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     p = subprocess.Popen([str(python), "-m", "serving", str(export), "--port", str(port), "--threads", "1"],
                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -600,12 +687,15 @@ def test_dockerfile_and_dockerignore():
     assert 'CMD ["python", "-m", "serving", "/model", "--host", "0.0.0.0", "--port", "8000"]' in text
     patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
                 if l.strip() and not l.startswith("#")]
-    for kept in ("pyproject.toml", "serving/engine.py", "serving/__main__.py", "export/format.py",
-                 "export/viterbi.py", "export/pipeline.py", "export/runtime.py", "runs/student/onnx/model.onnx", "runs/conll2003/student/onnx/crf.json"):
+    for kept in ("pyproject.toml", "serving/engine.py", "serving/__main__.py", "serving/server.py", "serving/metrics.py",
+                 "serving/batching.py", "serving/requests.py", "export/format.py", "export/viterbi.py",
+                 "export/pipeline.py", "export/runtime.py", "runs/student/onnx/model.onnx",
+                 "runs/conll2003/student/onnx/crf.json"):
         assert not _dockerignored(kept, patterns), kept
     for dropped in (".venv/bin/python", ".git/HEAD", "tests/test_serving.py", "runs/student/best/model.safetensors",
                     "runs/teacher/last/optimizer.safetensors", "benchmarks/results/serving.json",
-                    "serving/__pycache__/engine.cpython-311.pyc", "training/model.py"):
+                    "serving/__pycache__/engine.cpython-311.pyc", "training/model.py", "serving/badinput.py",
+                    "benchmarks/serving_bench.py", "benchmarks/serving_load.py"):
         assert _dockerignored(dropped, patterns), dropped
     for src in re.findall(r"^COPY (?:--\S+ )*(\S+)", text, re.M):  # what the image copies exists here
         if "$" not in src and "*" not in src:
@@ -616,8 +706,9 @@ def test_dockerfile_and_dockerignore():
 @pytest.mark.slow
 def test_load_script_smoke(export_dir, tmp_path):
     out = tmp_path / "load"
-    r = subprocess.run([sys.executable, "-m", "serving.load", str(export_dir), "--clients", "20", "--duration", "3",
-                        "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.serving_load", str(export_dir), "--clients", "20",
+                        "--duration", "3", "--threads", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.with_suffix(".json").read_text())
     assert res["errors"] == 0 and res["requests_ok"] > 20

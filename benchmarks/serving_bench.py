@@ -1,9 +1,9 @@
 """Serving benchmark: our ONNX Runtime engine against the usual ways of running the same models.
 
-    python -m serving.bench EXPORT_DIR [--teacher RUN] [--student-checkpoint RUN] [--texts 500]
-                                       [--latency-texts 100] [--threads N] [--data CONLL_FILE]
-                                       [--device cpu|cuda] [--gemm-seconds 3] [--sweep]
-                                       [--out benchmarks/results/serving]
+    python -m benchmarks.serving_bench EXPORT_DIR [--teacher RUN] [--student-checkpoint RUN] [--texts 500]
+                                                  [--latency-texts 100] [--threads N] [--data CONLL_FILE]
+                                                  [--device cpu|cuda] [--gemm-seconds 3] [--sweep]
+                                                  [--out benchmarks/results/serving]
 
 Configurations (each measured in a fresh subprocess, so that its peak RSS is its own; all on the
 same texts, in the same run, with the same number of threads):
@@ -43,7 +43,7 @@ process; writes ``OUT_sweep.{json,md}``. Time it on an idle machine before chang
 ``--device cuda`` runs the engine configurations on the CUDAExecutionProvider (onnxruntime-gpu);
 without it the report says ``GPU: not measured``.
 
-Texts: see :mod:`serving.texts` (CoNLL-2003 test sentences when ``../shared/data`` is there).
+Texts: see :mod:`benchmarks.texts` (CoNLL-2003 test sentences when ``../shared/data`` is there).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -61,9 +60,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import machine, percentile
+from export.pipeline import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (8, 32)
-STAGES = ("tokenize", "onnx", "viterbi", "confidence", "postprocess")
 
 
 # --------------------------------------------------------------------------- workers (subprocesses)
@@ -158,11 +159,6 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 
 
-def _pct(values, q):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))] if v else None
-
-
 def run_worker(cfg: dict) -> dict:
     """Measure one configuration (in this process). ``cfg``: kind, texts_file, threads, ..."""
     data = json.loads(Path(cfg["texts_file"]).read_text())
@@ -193,8 +189,8 @@ def run_worker(cfg: dict) -> dict:
         predictions = preds
     peak = peak_rss_bytes()
     out = {"kind": cfg["kind"], "load_seconds": round(load_s, 2), "model_bytes": size, "peak_rss_bytes": peak,
-           "latency_ms": {"p50": round(_pct(lat, 50), 3), "p95": round(_pct(lat, 95), 3),
-                          "p99": round(_pct(lat, 99), 3), "mean": round(sum(lat) / len(lat), 3), "n": len(lat)},
+           "latency_ms": {**{f"p{q}": round(percentile(lat, q), 3) for q in (50, 95, 99)},
+                          "mean": round(sum(lat) / len(lat), 3), "n": len(lat)},
            "throughput": throughput, "predictions": predictions}
     if stages:
         out["stages"] = {k: {s: round(v, 4) for s, v in d.items()} for k, d in stages.items()}
@@ -213,29 +209,6 @@ def run_worker(cfg: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- parent
-def machine() -> dict:
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:  # pragma: no cover
-        ort_version = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        load = None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "onnxruntime": ort_version, "loadavg_at_start": load}
-
-
 def _agreement(pred, ref) -> dict:
     pred = [{tuple(e) for e in p} for p in pred]
     ref = [{tuple(e) for e in r} for r in ref]
@@ -448,7 +421,7 @@ def plot(report: dict, path: Path) -> bool:
 
 def run_configs(configs: dict, texts: list[str], n_words: int, threads: int, latency_texts: int,
                 timeout: int = 1800, tag: str = "bench") -> dict:
-    """Measure every configuration (``name -> cfg``) in a fresh ``python -m serving.bench --worker``
+    """Measure every configuration (``name -> cfg``) in a fresh ``python -m benchmarks.serving_bench --worker``
     process on the same texts. Returns ``name -> result`` (``{"error": ...}`` for a failed one)."""
     results = {}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
@@ -464,8 +437,8 @@ def run_configs(configs: dict, texts: list[str], n_words: int, threads: int, lat
             print(f"[{tag}] {name} ...", flush=True)
             t0 = time.time()
             try:
-                p = subprocess.run([sys.executable, "-m", "serving.bench", "--worker", str(cpath), str(rpath)],
-                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                p = subprocess.run([sys.executable, "-m", "benchmarks.serving_bench", "--worker", str(cpath),
+                                    str(rpath)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
                 if p.returncode != 0:
                     tail = [x for x in p.stderr.strip().splitlines() if x.strip()][-1:] or ["no output"]
                     results[name] = {"error": f"exit code {p.returncode}: {tail[0]}"}
@@ -513,7 +486,7 @@ def sweep_variants(threads: int) -> dict:
 
 
 def write_sweep(report: dict, path: Path) -> None:
-    lines = ["# Engine under ONNX Runtime session variants (`serving.bench --sweep`)", "",
+    lines = ["# Engine under ONNX Runtime session variants (`benchmarks.serving_bench --sweep`)", "",
              f"- command: `{report['command']}`", f"- date: {report['date']}",
              f"- machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs, onnxruntime "
              f"{report['machine']['onnxruntime']}, load average at start {report['machine']['loadavg_at_start']}",
@@ -541,11 +514,11 @@ def write_sweep(report: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--worker"]:  # internal: python -m serving.bench --worker CONFIG RESULT
+    if argv[:1] == ["--worker"]:  # internal: python -m benchmarks.serving_bench --worker CONFIG RESULT
         cfg = json.loads(Path(argv[1]).read_text())
         Path(argv[2]).write_text(json.dumps(run_worker(cfg)))
         return 0
-    ap = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.serving_bench", description=__doc__.splitlines()[0])
     ap.add_argument("export_dir", metavar="EXPORT_DIR")
     ap.add_argument("--teacher", default=None, help="teacher run or checkpoint (transformers pipeline baseline)")
     ap.add_argument("--student-checkpoint", default=None,
@@ -571,7 +544,7 @@ def main(argv=None) -> int:
     out = Path(args.out or ROOT / "benchmarks" / "results" / ("serving_sweep" if args.sweep else "serving"))
 
     from export import format as fmt
-    from serving.texts import load_sentences
+    from benchmarks.texts import load_sentences
 
     try:
         manifest = fmt.read_manifest(args.export_dir)
@@ -583,7 +556,7 @@ def main(argv=None) -> int:
     n_words = sum(len(s) for s in sentences)
     export_dir = str(Path(args.export_dir).resolve())
     precisions = [p for p in fmt.PRECISIONS if p in manifest.get(fmt.K_PRECISIONS, [])]
-    command = " ".join(["python -m serving.bench"] + [shlex.quote(a) for a in argv])
+    command = " ".join(["python -m benchmarks.serving_bench"] + [shlex.quote(a) for a in argv])
     limits = measure_gemm_limits(export_dir, args.threads, args.gemm_seconds, args.gemm_tokens)
 
     if args.sweep:

@@ -1,11 +1,10 @@
-"""Sentences for the benchmark and the load test (read in place, never copied into the repo).
+"""Sentences for the serving benchmark and the load test (read in place, never copied into the repo).
 
 Order of preference: a CoNLL file given with ``--data``; the CoNLL-2003 test split at
 ``../shared/data/conll2003/test.txt`` (relative to the repository); the test split of the
 ``default`` dataset (needs the training extras: :func:`training.data.load_dataset`, run in a
-subprocess so that the caller never imports torch); a few
-built-in sentences. Sentences are picked evenly spaced over the file (deterministic), and a
-raw text is the sentence's words joined with single spaces.
+subprocess); a few built-in sentences. Sentences are picked evenly spaced over the file
+(deterministic), and a raw text is the sentence's words joined with single spaces.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL_TEST = ROOT.parent / "shared" / "data" / "conll2003" / "test.txt"
@@ -36,34 +34,16 @@ BUILTIN = [
 ]
 
 
-def conll_blocks(lines: Iterable, text: Callable = str) -> Iterator[tuple[str, list]]:
-    """Stream the blocks of a CoNLL file: ``("sentence", items)`` for a run of non-blank lines
-    (words in the first column) and ``("docstart", [item])`` for a ``-DOCSTART-`` line; blank lines
-    only separate blocks and are dropped. ``lines`` may hold any items, ``text(item)`` giving the
-    line (:mod:`serving.tag` passes ``(line number, text, byte offset)`` tuples). A generator:
-    memory is one sentence, whatever the file's size."""
-    block: list = []
-    for item in lines:
-        fields = text(item).split()
-        if fields and fields[0] != "-DOCSTART-":
-            block.append(item)
-            continue
-        if block:
-            yield "sentence", block
-            block = []
-        if fields:
-            yield "docstart", [item]
-    if block:
-        yield "sentence", block
-
-
 def read_conll_words(path: str | Path) -> list[list[str]]:
-    """First column of a CoNLL file, one list of words per sentence (``-DOCSTART-`` skipped)."""
-    with open(path, encoding="utf-8-sig") as f:
-        return [[line.split()[0] for line in block] for kind, block in conll_blocks(f) if kind == "sentence"]
+    """First column of a CoNLL file, one list of words per sentence (``-DOCSTART-`` skipped), read by
+    the project's CoNLL reader (:func:`training.data.read_conll`, words only)."""
+    from training.data import read_conll
+
+    return [s.words for s in read_conll(path, tag_col=None)]
 
 
-def _spread(items: list, n: int) -> list:
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spaced over ``items`` (all of them when there are no more than ``n``)."""
     if n >= len(items):
         return list(items)
     step = len(items) / n
@@ -74,20 +54,20 @@ def load_sentences(n: int, data: str | Path | None = None, allow_training_import
     """``(sentences as word lists, description of the source)``."""
     if data is not None:
         sents = read_conll_words(data)
-        return _spread(sents, n), f"{data} ({len(sents)} sentences, {min(n, len(sents))} used)"
+        return spread(sents, n), f"{data} ({len(sents)} sentences, {min(n, len(sents))} used)"
     if CONLL_TEST.is_file():
         sents = read_conll_words(CONLL_TEST)
-        return _spread(sents, n), (f"CoNLL-2003 test ({CONLL_TEST}, {len(sents)} sentences, "
-                                   f"{min(n, len(sents))} evenly spaced)")
-    if allow_training_import:  # in a subprocess: training.data imports torch, the caller need not
+        return spread(sents, n), (f"CoNLL-2003 test ({CONLL_TEST}, {len(sents)} sentences, "
+                                  f"{min(n, len(sents))} evenly spaced)")
+    if allow_training_import:  # in a subprocess: slow, and it fails without the training extras
         code = ("import json; from training.data import load_dataset; "
                 "print(json.dumps([s.words for s in load_dataset('default').test]))")
         try:
             p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
             if p.returncode == 0:
                 sents = json.loads(p.stdout.strip().splitlines()[-1])
-                return _spread(sents, n), (f"default dataset test split ({len(sents)} sentences, "
-                                           f"{min(n, len(sents))} used)")
+                return spread(sents, n), (f"default dataset test split ({len(sents)} sentences, "
+                                          f"{min(n, len(sents))} used)")
         except (subprocess.TimeoutExpired, ValueError, IndexError):  # no training extras / data
             pass
     sents = [s.split() for s in BUILTIN]

@@ -1,8 +1,8 @@
 """Load test: the real server under many concurrent clients, with bad input mixed in.
 
-    python -m serving.load EXPORT_DIR [--clients 200] [--duration 60] [--precision fp32|int8|int8-dynamic]
-                                      [--threads N] [--max-batch 32] [--max-wait-ms 5]
-                                      [--data CONLL_FILE] [--out benchmarks/results/serving_load]
+    python -m benchmarks.serving_load EXPORT_DIR [--clients 200] [--duration 60] [--precision fp32|int8|int8-dynamic]
+                                                 [--threads N] [--max-batch 32] [--max-wait-ms 5]
+                                                 [--data CONLL_FILE] [--out benchmarks/results/serving_load]
 
 Starts ``python -m serving EXPORT_DIR`` on a free port of 127.0.0.1 (always loopback: there is no
 option to target another address), lets ``--clients`` concurrent clients (1..1000) send one-text
@@ -20,25 +20,22 @@ import argparse
 import asyncio
 import datetime as _dt
 import json
-import os
-import platform
 import random
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import HOST, free_port, machine, percentile, rss_bytes
+from benchmarks.texts import load_sentences
 from export.format import PRECISIONS
 from serving import badinput
 from serving.server import Settings
-from serving.texts import load_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
 MAX_CLIENTS = 1000
 MAX_DURATION = 600
 
@@ -50,26 +47,6 @@ def _bounded(lo, hi, kind=int):
             raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}")
         return v
     return parse
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> dict:
-    """Current and peak resident set size of a process (Linux), in bytes; ``{}`` elsewhere."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for key, name in (("VmRSS", "rss"), ("VmHWM", "peak")):
-        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
-        if m:
-            out[name] = int(m.group(1)) * 1024
-    return out
 
 
 class RawClient:
@@ -113,13 +90,6 @@ class RawClient:
                 await self.close()
             return status, data
         raise ConnectionError("unreachable")
-
-
-def _pct(values, q):
-    if not values:
-        return None
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
 
 
 async def _wait_healthy(client, proc, timeout=180.0):
@@ -228,7 +198,7 @@ async def _run(args, base_url, proc, texts) -> dict:
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:20],
         "throughput_rps": round(ok / wall, 1),
-        "latency_ms": {"p50": _r(_pct(lat_ms, 50)), "p95": _r(_pct(lat_ms, 95)), "p99": _r(_pct(lat_ms, 99)),
+        "latency_ms": {**{f"p{q}": _r(percentile(lat_ms, q)) for q in (50, 95, 99)},
                        "max": _r(max(lat_ms) if lat_ms else None),
                        "mean": _r(sum(lat_ms) / len(lat_ms) if lat_ms else None)},
         "rss_bytes": {"start": rss_start.get("rss"), "end": rss_end.get("rss"), "peak": rss_end.get("peak"),
@@ -249,13 +219,6 @@ def _r(x, nd=2):
     return None if x is None else round(float(x), nd)
 
 
-def machine() -> dict:
-    import onnxruntime
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
-
-
 def write_markdown(res: dict, path: Path) -> None:
     lat, rss, bad = res["latency_ms"], res["rss_bytes"], res["bad_input"]
     mb = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MB"  # noqa: E731
@@ -263,8 +226,8 @@ def write_markdown(res: dict, path: Path) -> None:
         "# Serving load test", "",
         f"- command: `{res['command']}`",
         f"- date: {res['date']}",
-        f"- machine: {res['machine']['platform']}, {res['machine']['cpu_count']} CPUs, "
-        f"onnxruntime {res['machine']['onnxruntime']}",
+        f"- machine: {res['machine']['platform']}, {res['machine']['cpu']}, {res['machine']['cpu_count']} CPUs, "
+        f"onnxruntime {res['machine']['onnxruntime']}, load average at start {res['machine']['loadavg_at_start']}",
         f"- export: `{res['export_dir']}` ({res['precision']}), server settings: {res['settings']}",
         f"- texts: {res['texts_source']}", "",
         "| clients | duration s | ok requests | errors | req/s | p50 ms | p95 ms | p99 ms | max ms | mean batch |",
@@ -288,7 +251,7 @@ def write_markdown(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m serving.load", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.serving_load", description=__doc__.splitlines()[0])
     ap.add_argument("export_dir", metavar="EXPORT_DIR")
     ap.add_argument("--clients", type=_bounded(1, MAX_CLIENTS), default=200)
     ap.add_argument("--duration", type=_bounded(1, MAX_DURATION, float), default=60.0, help="seconds")
@@ -303,6 +266,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sentences, source = load_sentences(args.texts, args.data, allow_training_import=False)
     texts = [" ".join(s) for s in sentences]
+    info = machine()  # before the server starts: the load average is the machine's, not ours
     port = free_port()
     cmd = [sys.executable, "-m", "serving", str(args.export_dir), "--host", HOST, "--port", str(port),
            "--precision", args.precision, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
@@ -325,8 +289,9 @@ def main(argv=None) -> int:
             proc.kill()
             proc.wait()
         log.close()
-    res.update(command=" ".join(["python -m serving.load"] + [shlex.quote(a) for a in (argv or sys.argv[1:])]),
-               date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), machine=machine(),
+    res.update(command=" ".join(["python -m benchmarks.serving_load"]
+                                + [shlex.quote(a) for a in (argv or sys.argv[1:])]),
+               date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), machine=info,
                export_dir=str(args.export_dir), precision=args.precision, clients=args.clients,
                duration=args.duration, texts_source=source,
                settings={"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads})
