@@ -196,7 +196,8 @@ class TorchTagger(_Base):
         import torch
 
         from training import crf as crf_lib
-        from training.data import Sentence, collate, encode
+        from training.corpora import Sentence
+        from training.data import collate, encode
 
         n = len(words)
         spans = self.windows(words)

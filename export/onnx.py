@@ -169,20 +169,20 @@ def calibration_sentences(run: dict, file=None, dataset=None, data_dir=None,
 
     ``file``: every sentence of it. Otherwise a seeded random sample of ``size`` sentences of the
     train split of ``dataset`` (default: the run's ``args.dataset``; ``data_dir`` default: the
-    run's, unless ``dataset`` is given), read with :func:`training.data.load_dataset`."""
+    run's, unless ``dataset`` is given), read with :func:`training.corpora.load_dataset`."""
     if not isinstance(size, int) or size < 1:
         raise ExportError(f"calibration size must be >= 1, got {size!r}")
     if file is not None:
         sents = read_sentence_file(file)
         return sents, {"source": "file", "file": str(Path(file).resolve()), "sentences": len(sents)}
-    from training import data as data_lib
+    from training import corpora
 
     targs = run.get("args") or {}
     name = dataset or targs.get("dataset") or "default"
     ddir = data_dir if data_dir is not None else (targs.get("data_dir") if dataset is None else None)
     try:
-        train = data_lib.load_dataset(name, data_dir=ddir).train
-    except data_lib.DataError as e:
+        train = corpora.load_dataset(name, data_dir=ddir).train
+    except corpora.DataError as e:
         raise ExportError(f"calibration data: {e}") from None
     except Exception as e:  # e.g. the hub unreachable offline
         raise ExportError(f"calibration data: cannot load dataset {name!r}: {type(e).__name__}: {e}") from None

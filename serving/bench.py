@@ -128,7 +128,8 @@ def _torch_student_predictor(cfg):
 
     from serving.engine import split_words, tags_to_spans
     from training import checkpoint as ckpt
-    from training.data import Sentence, collate, encode
+    from training.corpora import Sentence
+    from training.data import collate, encode
     from training.model import load
 
     torch.set_num_threads(cfg["threads"])

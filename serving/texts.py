@@ -2,8 +2,8 @@
 
 Order of preference: a CoNLL file given with ``--data``; the CoNLL-2003 test split at
 ``../shared/data/conll2003/test.txt`` (relative to the repository); the test split of the
-``default`` dataset (needs the training extras: :func:`training.data.load_dataset`, run in a
-subprocess so that the caller never imports torch); a few
+``default`` dataset (needs the training extras: :func:`training.corpora.load_dataset`, run in a
+subprocess so that the caller needs none of them); a few
 built-in sentences. Sentences are picked evenly spaced over the file (deterministic), and a
 raw text is the sentence's words joined with single spaces.
 """
@@ -79,8 +79,8 @@ def load_sentences(n: int, data: str | Path | None = None, allow_training_import
         sents = read_conll_words(CONLL_TEST)
         return _spread(sents, n), (f"CoNLL-2003 test ({CONLL_TEST}, {len(sents)} sentences, "
                                    f"{min(n, len(sents))} evenly spaced)")
-    if allow_training_import:  # in a subprocess: training.data imports torch, the caller need not
-        code = ("import json; from training.data import load_dataset; "
+    if allow_training_import:  # in a subprocess: the caller need not have the training extras
+        code = ("import json; from training.corpora import load_dataset; "
                 "print(json.dumps([s.words for s in load_dataset('default').test]))")
         try:
             p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)

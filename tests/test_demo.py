@@ -271,7 +271,7 @@ def test_build_app(forced):
 
 def test_examples_from_the_test_split(tok):
     from demo.app import LONG_EXAMPLE, dataset_examples, examples
-    from training.data import load_dataset
+    from training.corpora import load_dataset
 
     test = {" ".join(s.words) for s in load_dataset("default").test}
     real = dataset_examples()

@@ -79,7 +79,8 @@ def engine(export_dir):
 
 def torch_tags(model, tok, sentences, max_length=128):
     """Reference: the training pipeline (training.data.encode: unk for empty words) + BertCrf.decode."""
-    from training.data import Sentence, collate, encode
+    from training.corpora import Sentence
+    from training.data import collate, encode
 
     enc = encode([Sentence(list(s), ["O"] * len(s)) for s in sentences], tok, None, max_length=max_length)
     out = model.decode(collate(enc.items, enc.pad_token_id))

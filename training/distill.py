@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from training import checkpoint as ckpt
+from training import corpora
 from training import data as data_lib
 from training import evaluate as eval_lib
 from training import extra, layerwise, losses, meta, targetcache, trainer
@@ -211,7 +212,7 @@ def main(argv=None) -> dict:
     if xargs.active:  # before the run directory is touched
         try:
             pool = extra.build(xargs, targs, splits, train, [s_tok, t_tok])
-        except data_lib.DataError as e:
+        except corpora.DataError as e:
             _fail(str(e))
     out = trainer.prepare_run_dir(targs)
     last = out / ckpt.LAST

@@ -16,6 +16,7 @@ from seqeval.metrics import classification_report
 
 from training import checkpoint as ckpt
 from training import crf
+from training import corpora
 from training import data as data_lib
 
 METRIC_KEYS = ("precision", "recall", "f1")
@@ -115,7 +116,7 @@ def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu", dist
 
 def evaluate_sentences(model, tok, sentences, max_length: int, batch_size: int = 64, device="cpu") -> dict:
     """Check the tags against the model's labels, tokenize and :func:`evaluate` raw sentences."""
-    data_lib.check_tags(sentences, model.labels)
+    corpora.check_tags(sentences, model.labels)
     enc = data_lib.encode(sentences, tok, {l: i for i, l in enumerate(model.labels)}, max_length=max_length)
     return evaluate(model, enc, sentences, batch_size, device)
 
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     targs = info.get("args", {})
     name = args.dataset or targs.get("dataset", "default")
     data_dir = args.data_dir or (targs.get("data_dir") if args.dataset is None else None)
-    splits = data_lib.load_dataset(name, data_dir=data_dir)
+    splits = corpora.load_dataset(name, data_dir=data_dir)
     sentences = getattr(splits, args.split)
     max_len = args.max_length or targs.get("max_length", 128)
     m = evaluate_sentences(model, tok, sentences, max_len, args.batch_size)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from training import corpora
 from training import data as data_lib
 from training import model as model_lib
 from training import trainer
@@ -24,7 +25,7 @@ class ModelArgs:
 
 def load_data(args: trainer.TrainArgs, labels: list[str] | None = None):
     """Load the named dataset, applying --limit-train / --limit-eval."""
-    splits = data_lib.load_dataset(args.dataset, data_dir=args.data_dir)
+    splits = corpora.load_dataset(args.dataset, data_dir=args.data_dir)
     if args.limit_train:
         splits.train = splits.train[: args.limit_train]
     if args.limit_eval:
@@ -32,7 +33,7 @@ def load_data(args: trainer.TrainArgs, labels: list[str] | None = None):
         splits.test = splits.test[: args.limit_eval]
     if labels is not None:
         for part in (splits.train, splits.dev, splits.test):
-            data_lib.check_tags(part, labels)
+            corpora.check_tags(part, labels)
     return splits
 
 
