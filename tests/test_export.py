@@ -284,7 +284,7 @@ def test_calibration_file_and_bad_calibration(run_dir, calibration_file, tmp_pat
         exp.validate(run_dir, out=tmp_path / "o", quantize="int8", calibration=calibration_file, keep_fp32=["(("])
     # int8-dynamic needs no calibration data; int8 without any is refused before anything is written
     assert exp.validate(run_dir, out=tmp_path / "o", quantize="int8-dynamic",
-                        calibration=tmp_path / "nope.txt")["calibration"] is None
+                        calibration=tmp_path / "nope.txt").calibration is None
     assert not (tmp_path / "o").exists()
 
 
@@ -456,12 +456,12 @@ def test_failure_mid_export_leaves_previous_export(run_dir, tmp_path, monkeypatc
 
 
 def test_default_out_dirs(run_dir, tmp_path):
-    assert exp.validate(run_dir)["out"] == run_dir / "onnx"
-    assert exp.validate(run_dir / "best")["out"] == run_dir / "onnx"
+    assert exp.validate(run_dir).out == run_dir / "onnx"
+    assert exp.validate(run_dir / "best").out == run_dir / "onnx"
     other = tmp_path / "mymodel"
     shutil.copytree(run_dir / "best", other)
-    assert exp.validate(other)["out"] == tmp_path / "mymodel-onnx"
-    assert exp.validate(run_dir, max_length=64)["max_length"] == 64
+    assert exp.validate(other).out == tmp_path / "mymodel-onnx"
+    assert exp.validate(run_dir, max_length=64).max_length == 64
 
 
 def test_format_readers_errors(tmp_path, exported):
