@@ -6,11 +6,15 @@ import pytest
 from export import evaluate as ev_export
 from export import format as fmt
 from export import onnx as exp
-from test_export import REAL, _tokenizer, random_sentences, tiny_model
 from training import data as data_lib
 from training import evaluate as ev
 from training.corpora import Sentence
 from training.model import load
+
+from conftest import REAL_SENTENCES as REAL
+from conftest import minilm_tokenizer as _tokenizer
+from conftest import random_sentences
+from conftest import tiny_bert_crf as tiny_model
 
 
 @pytest.fixture(scope="module")
