@@ -53,6 +53,7 @@ import torch
 from training import corpora
 from training import data as data_lib
 from training import losses
+from training.config import ConfigError
 from training.corpora import DataError, Sentence
 
 AUGMENT_KINDS = ("mention-swap", "mask")
@@ -72,17 +73,17 @@ class ExtraArgs:
     def __post_init__(self):
         unknown = [k for k in self.kinds if k not in AUGMENT_KINDS]
         if unknown:
-            raise ValueError(f"--augment: unknown kind {unknown[0]!r} (known: {', '.join(AUGMENT_KINDS)})")
+            raise ConfigError(f"--augment: unknown kind {unknown[0]!r} (known: {', '.join(AUGMENT_KINDS)})")
         if self.unlabeled is not None and not all(self.unlabeled.split(",")):
-            raise ValueError(f"--unlabeled: empty name in {self.unlabeled!r}")
+            raise ConfigError(f"--unlabeled: empty name in {self.unlabeled!r}")
         if not 0.0 < self.extra_share < 1.0:
-            raise ValueError(f"--extra-share must be in (0, 1), got {self.extra_share}")
+            raise ConfigError(f"--extra-share must be in (0, 1), got {self.extra_share}")
         if self.augment_copies < 1:
-            raise ValueError(f"--augment-copies must be >= 1, got {self.augment_copies}")
+            raise ConfigError(f"--augment-copies must be >= 1, got {self.augment_copies}")
         if not 0.0 < self.mask_rate <= 1.0:
-            raise ValueError(f"--mask-rate must be in (0, 1], got {self.mask_rate}")
+            raise ConfigError(f"--mask-rate must be in (0, 1], got {self.mask_rate}")
         if self.stage1_epochs < 0 or (self.stage1_epochs and not self.active):
-            raise ValueError("--stage1-epochs needs a value >= 0 and extra text (--unlabeled or --augment)")
+            raise ConfigError("--stage1-epochs needs a value >= 0 and extra text (--unlabeled or --augment)")
 
     @property
     def kinds(self) -> list[str]:
@@ -94,18 +95,18 @@ class ExtraArgs:
 
 
 def check(xargs: ExtraArgs, method: str, epochs: int, batch_size: int) -> None:
-    """Refuse settings that only make sense together (ValueError, one line)."""
+    """Refuse settings that only make sense together (ConfigError, one line)."""
     if xargs.teacher_cache and method in ("none", "msd"):
-        raise ValueError(f"--teacher-cache needs a frozen teacher and a KD method (not {method})")
+        raise ConfigError(f"--teacher-cache needs a frozen teacher and a KD method (not {method})")
     if not xargs.active:
         return
     if method == "none":
-        raise ValueError("extra text (--unlabeled, --augment) needs a KD method: its loss is KD only, "
-                         "and --method none has none")
+        raise ConfigError("extra text (--unlabeled, --augment) needs a KD method: its loss is KD only, "
+                          "and --method none has none")
     if batch_size < 2:
-        raise ValueError("extra text needs --batch-size >= 2 (labelled and extra sentences share each batch)")
+        raise ConfigError("extra text needs --batch-size >= 2 (labelled and extra sentences share each batch)")
     if xargs.stage1_epochs >= epochs:
-        raise ValueError(f"--stage1-epochs ({xargs.stage1_epochs}) must be below --epochs ({epochs})")
+        raise ConfigError(f"--stage1-epochs ({xargs.stage1_epochs}) must be below --epochs ({epochs})")
 
 
 def split_sizes(batch_size: int, share: float) -> tuple[int, int]:

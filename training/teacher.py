@@ -11,16 +11,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training import corpora
+from training import config, corpora
 from training import data as data_lib
 from training import model as model_lib
 from training import trainer
+from training.config import ConfigError
 
 
 @dataclass
 class ModelArgs:
     model: str = field(default="default", metadata={"help": "encoder: 'default' (packaged all-MiniLM-L6-v2), a local HF folder or a hub name"})
     dropout: float | None = field(default=None, metadata={"help": "classifier dropout (default: the encoder's hidden dropout)"})
+
+    def __post_init__(self):
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def load_data(args: trainer.TrainArgs, labels: list[str] | None = None):
@@ -47,11 +52,22 @@ def encode_splits(splits, tokenizer, labels, max_length):
 
 
 def main(argv=None) -> dict:
-    margs, targs = trainer.parse_args((ModelArgs, trainer.TrainArgs), argv)
+    """``python -m training.teacher``: the project's errors (a setting, a data file, a checkpoint) are
+    one ``error:`` line on stderr and exit status 2."""
+    try:
+        return train_teacher(*config.parse_args((ModelArgs, trainer.TrainArgs), argv, prog="python -m training.teacher"))
+    except config.ERRORS as e:
+        print(config.error_line(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_teacher(margs: ModelArgs, targs: trainer.TrainArgs) -> dict:
+    """Fine-tune as the arguments say; returns the final metrics. Bad data is refused before the run
+    directory is touched."""
     trainer.set_threads(targs.threads)
     trainer.setup(targs)  # accelerate: processes, device, mixed precision
-    out = trainer.prepare_run_dir(targs)
     splits = load_data(targs)
+    out = trainer.prepare_run_dir(targs)
     print(f"dataset {splits.name} ({splits.source}): {len(splits.train)} train / {len(splits.dev)} dev / "
           f"{len(splits.test)} test sentences, {len(splits.labels)} labels")
 
