@@ -47,15 +47,16 @@ def _setup(method: str, teacher_path: str | None, batch_size: int, n_batches: in
     """Teacher, 3-layer student, optimizers, the batches and a ``step(i)`` closure for one method."""
     import torch
 
+    from training import corpora
     from training import data as data_lib
     from training import distill, losses, meta, trainer
     from training import model as model_lib
 
     if teacher_path:  # the teacher's own dataset
         teacher, tok, info = model_lib.load(teacher_path)
-        splits = data_lib.load_dataset(info["args"]["dataset"], data_dir=info["args"].get("data_dir"))
+        splits = corpora.load_dataset(info["args"]["dataset"], data_dir=info["args"].get("data_dir"))
     else:
-        splits = data_lib.load_dataset("default")
+        splits = corpora.load_dataset("default")
         torch.manual_seed(0)
         teacher = model_lib.BertCrf.from_encoder("default", splits.labels)
         tok = model_lib.load_tokenizer("default")

@@ -102,7 +102,7 @@ def parse_depths(text: str) -> list[int] | None:
 def validate(args) -> dict:
     from export import format as fmt
     from export import onnx as exp
-    from training import data as data_lib
+    from training import corpora
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     bad = [p for p in precisions if p not in fmt.PRECISIONS]
@@ -136,8 +136,8 @@ def validate(args) -> dict:
             raise FrontierError(f"no student run of depth {', '.join(map(str, missing))} among --runs "
                                 f"(found depths {', '.join(map(str, have))})")
     try:
-        splits = data_lib.load_dataset(args.dataset, data_dir=args.data_dir)
-    except data_lib.DataError as e:
+        splits = corpora.load_dataset(args.dataset, data_dir=args.data_dir)
+    except corpora.DataError as e:
         raise FrontierError(str(e)) from None
     sentences = getattr(splits, args.split)
     if args.limit:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from training import data as data_lib
+from training import corpora
 from training import evaluate as eval_lib
 from training import model as model_lib
 
@@ -78,7 +78,7 @@ def analyse(run: Path, data_dir: str | None) -> dict:
     dd = data_dir or args.get("data_dir")
     ml = args.get("max_length", 128)
     if (args["dataset"], dd) not in _SPLITS:
-        _SPLITS[args["dataset"], dd] = data_lib.load_dataset(args["dataset"], data_dir=dd)
+        _SPLITS[args["dataset"], dd] = corpora.load_dataset(args["dataset"], data_dir=dd)
     splits = _SPLITS[args["dataset"], dd]
     key = (str(original.resolve()), args["dataset"], dd, ml)
     if key not in _ORIGINAL_F1:

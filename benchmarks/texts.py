@@ -2,7 +2,7 @@
 
 Order of preference: a CoNLL file given with ``--data``; the CoNLL-2003 test split at
 ``../shared/data/conll2003/test.txt`` (relative to the repository); the test split of the
-``default`` dataset (needs the training extras: :func:`training.data.load_dataset`, run in a
+``default`` dataset (needs the training extras: :func:`training.corpora.load_dataset`, run in a
 subprocess); a few built-in sentences. Sentences are picked evenly spaced over the file
 (deterministic), and a raw text is the sentence's words joined with single spaces.
 """
@@ -36,8 +36,8 @@ BUILTIN = [
 
 def read_conll_words(path: str | Path) -> list[list[str]]:
     """First column of a CoNLL file, one list of words per sentence (``-DOCSTART-`` skipped), read by
-    the project's CoNLL reader (:func:`training.data.read_conll`, words only)."""
-    from training.data import read_conll
+    the project's CoNLL reader (:func:`training.corpora.read_conll`, words only)."""
+    from training.corpora import read_conll
 
     return [s.words for s in read_conll(path, tag_col=None)]
 
@@ -60,7 +60,7 @@ def load_sentences(n: int, data: str | Path | None = None, allow_training_import
         return spread(sents, n), (f"CoNLL-2003 test ({CONLL_TEST}, {len(sents)} sentences, "
                                   f"{min(n, len(sents))} evenly spaced)")
     if allow_training_import:  # in a subprocess: slow, and it fails without the training extras
-        code = ("import json; from training.data import load_dataset; "
+        code = ("import json; from training.corpora import load_dataset; "
                 "print(json.dumps([s.words for s in load_dataset('default').test]))")
         try:
             p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -61,7 +61,7 @@ def dataset_examples(n: int = 4, min_words: int = 8, max_words: int = 30) -> lis
     """``n`` sentences with entities from the test split of the default dataset (WNUT-16 tweets);
     empty when the dataset cannot be loaded (the typed examples remain)."""
     try:
-        from training.data import load_dataset
+        from training.corpora import load_dataset
 
         test = load_dataset("default").test
     except Exception as e:  # noqa: BLE001 - examples are optional

@@ -57,6 +57,7 @@ def _safe(name: str) -> str:
 
 def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precision="all", limit=None,
                     checkpoint=None, batch_size: int = 32, threads: int | None = None, quiet=False) -> dict:
+    from training import corpora
     from training import data as data_lib
 
     export_dir = Path(export_dir)
@@ -84,12 +85,12 @@ def evaluate_export(export_dir, dataset=None, data_dir=None, split="dev", precis
     name = dataset or targs.get("dataset") or "default"
     ddir = data_dir or (targs.get("data_dir") if dataset is None else None)
     try:
-        splits = data_lib.load_dataset(name, data_dir=ddir)
+        splits = corpora.load_dataset(name, data_dir=ddir)
         sentences = getattr(splits, split)
         if limit:
             sentences = sentences[:limit]
-        data_lib.check_tags(sentences, man[fmt.K_LABELS])
-    except data_lib.DataError as e:
+        corpora.check_tags(sentences, man[fmt.K_LABELS])
+    except corpora.DataError as e:
         raise EvaluateError(str(e)) from None
     gold = [s.tags for s in sentences]
 

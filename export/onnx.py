@@ -62,6 +62,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -172,20 +173,20 @@ def calibration_sentences(run: dict, file=None, dataset=None, data_dir=None,
 
     ``file``: every sentence of it. Otherwise a seeded random sample of ``size`` sentences of the
     train split of ``dataset`` (default: the run's ``args.dataset``; ``data_dir`` default: the
-    run's, unless ``dataset`` is given), read with :func:`training.data.load_dataset`."""
+    run's, unless ``dataset`` is given), read with :func:`training.corpora.load_dataset`."""
     if not isinstance(size, int) or size < 1:
         raise ExportError(f"calibration size must be >= 1, got {size!r}")
     if file is not None:
         sents = read_sentence_file(file)
         return sents, {"source": "file", "file": str(Path(file).resolve()), "sentences": len(sents)}
-    from training import data as data_lib
+    from training import corpora
 
     targs = run.get("args") or {}
     name = dataset or targs.get("dataset") or "default"
     ddir = data_dir if data_dir is not None else (targs.get("data_dir") if dataset is None else None)
     try:
-        train = data_lib.load_dataset(name, data_dir=ddir).train
-    except data_lib.DataError as e:
+        train = corpora.load_dataset(name, data_dir=ddir).train
+    except corpora.DataError as e:
         raise ExportError(f"calibration data: {e}") from None
     except Exception as e:  # e.g. the hub unreachable offline
         raise ExportError(f"calibration data: cannot load dataset {name!r}: {type(e).__name__}: {e}") from None
@@ -200,10 +201,27 @@ def calibration_sentences(run: dict, file=None, dataset=None, data_dir=None,
                                        "sample": f"random, seed {CALIBRATION_SEED}"}
 
 
+@dataclass
+class Plan:
+    """What an export will do, every input checked (:func:`validate`) before anything is written."""
+
+    given: Path               # the run directory or checkpoint as given
+    checkpoint: Path          # the checkpoint directory it resolves to
+    run: dict                 # its run.json
+    crf: dict                 # its CRF tensors (NumPy)
+    labels: list[str]
+    config: dict              # its config.json
+    opset: int | None         # requested (None: optimum's default)
+    quantize: list[str]       # of "int8", "int8-dynamic"
+    max_length: int
+    out: Path                 # the export directory
+    calibration: dict | None  # static int8: {"sentences", "info", "keep_fp32"}
+
+
 def validate(source, out=None, opset=None, quantize=None, max_length=None, calibration=None,
              calibration_dataset=None, data_dir=None, calibration_size=DEFAULT_CALIBRATION_SIZE,
-             calibration_method="minmax", keep_fp32=DEFAULT_KEEP_FP32) -> dict:
-    """Check every input before anything is written. Returns the resolved settings."""
+             calibration_method="minmax", keep_fp32=DEFAULT_KEEP_FP32) -> Plan:
+    """Check every input before anything is written. Returns the export's :class:`Plan`."""
     given = Path(source)
     try:
         checkpoint = ckpt.resolve(given)
@@ -269,9 +287,7 @@ def validate(source, out=None, opset=None, quantize=None, max_length=None, calib
     if "int8" in quantize:
         sents, info = calibration_sentences(run, calibration, calibration_dataset, data_dir, calibration_size)
         calib = {"sentences": sents, "info": {**info, "method": calibration_method}, "keep_fp32": keep_fp32}
-    return {"given": given, "checkpoint": checkpoint, "run": run, "crf": crf, "labels": labels,
-            "config": config, "opset": opset, "quantize": quantize, "max_length": max_length, "out": out,
-            "calibration": calib}
+    return Plan(given, checkpoint, run, crf, labels, config, opset, quantize, max_length, out, calib)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -496,9 +512,9 @@ def export(source, out=None, opset: int | None = None, quantize=None, optimize: 
            calibration_method: str = "minmax", keep_fp32=DEFAULT_KEEP_FP32) -> Path:
     """Export ``source`` (run dir or checkpoint); returns the export directory. See the module doc.
     ``quantize``: ``"int8"`` (static), ``"int8-dynamic"``, both (a list or ``"int8,int8-dynamic"``)."""
-    s = validate(source, out, opset, quantize, max_length, calibration, calibration_dataset, data_dir,
-                 calibration_size, calibration_method, keep_fp32)
-    checkpoint, out, labels, max_length = s["checkpoint"], s["out"], s["labels"], s["max_length"]
+    plan = validate(source, out, opset, quantize, max_length, calibration, calibration_dataset, data_dir,
+                    calibration_size, calibration_method, keep_fp32)
+    checkpoint, out = plan.checkpoint, plan.out
     sentences = [list(x) for x in (sentences or PARITY_SENTENCES)]
     t_start = time.perf_counter()
     _log(f"exporting {checkpoint} -> {out}", quiet)
@@ -519,7 +535,7 @@ def export(source, out=None, opset: int | None = None, quantize=None, optimize: 
         p = p.parent
     try:
         with ckpt.atomic_dir(out) as tmp:
-            manifest = _export_into(tmp, s, sentences, optimize, quiet, onnx, model_lib)
+            manifest = _export_into(tmp, plan, sentences, optimize, quiet, onnx, model_lib)
             manifest[fmt.K_SOURCE].update(sha256=digest, files=file_hashes)
             manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)
             manifest[fmt.K_FILES] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
@@ -536,25 +552,84 @@ def export(source, out=None, opset: int | None = None, quantize=None, optimize: 
     return out
 
 
-def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onnx, model_lib) -> dict:
-    checkpoint, labels, max_length, config = s["checkpoint"], s["labels"], s["max_length"], s["config"]
+@dataclass
+class _Reference:
+    """PyTorch's outputs on the parity sentences: what every exported graph is measured against."""
+
+    tokenizer: object
+    sentences: list
+    max_length: int
+    crf: dict     # float32 CRF tensors (transitions, start, end)
+    outputs: dict  # torch_reference()
+
+    def parity(self, onnx_path: Path) -> dict:
+        return measure_parity(onnx_path, self.outputs, self.crf, self.tokenizer, self.sentences, self.max_length)
+
+
+@dataclass
+class _Graph:
+    """The exported fp32 graph as optimum wrote it (before any fusion)."""
+
+    path: Path
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+    nodes: int
+
+
+def _export_into(tmp: Path, plan: Plan, sentences, optimize: bool, quiet: bool, onnx, model_lib) -> dict:
+    """Every step of an export, written into ``tmp``; returns the manifest (less hashes and sizes)."""
+    ref = _torch_reference(plan, sentences, model_lib)
+    graph = _export_graph(tmp, plan, onnx, quiet)
+    plain_copy = None  # the unfused graph, kept as a fallback source for static int8
+    if optimize and "int8" in plan.quantize:
+        plain_copy = tmp / ".model.plain.onnx"
+        shutil.copy2(graph.path, plain_copy)
+    opt_info = _optimize(graph, plan.config, onnx, quiet) if optimize else {"requested": False, "applied": False}
+    fused = " (fused)" if opt_info["applied"] else ""
+
+    parity = {"fp32": ref.parity(graph.path)}
+    _log(f"  parity fp32: max |emission diff| {parity['fp32']['max_abs_emission_diff']:.2e}, "
+         f"tags agree {parity['fp32']['tag_agreement']:.4f}", quiet)
+    models = {"fp32": {"file": fmt.MODEL_FP32, "batch_invariant": True}}
+    quant_info = {}
+    if "int8" in plan.quantize:
+        sources = [(graph.path, fmt.MODEL_FP32 + fused)]
+        if plain_copy is not None:
+            sources.append((plain_copy, fmt.MODEL_FP32 + " (plain graph, before the fusions)"))
+        quant_info["int8"], parity["int8"] = _static_int8(tmp, plan, sources, graph.inputs, ref, onnx, quiet)
+        models["int8"] = {"file": fmt.MODEL_INT8, "batch_invariant": True}
+    if "int8-dynamic" in plan.quantize:
+        quant_info["int8-dynamic"], parity["int8-dynamic"] = _dynamic_int8(tmp, graph.path, fused, ref, onnx, quiet)
+        models["int8-dynamic"] = {"file": fmt.MODEL_INT8_DYNAMIC, "batch_invariant": False}
+    if plain_copy is not None:
+        plain_copy.unlink(missing_ok=True)
+    _describe_models(tmp, models)
+    tokenizer_check = _write_crf_and_tokenizer(tmp, plan, ref)
+    return _manifest(plan, graph, models, opt_info, quant_info, parity, tokenizer_check)
+
+
+def _torch_reference(plan: Plan, sentences, model_lib) -> _Reference:
+    """Step 1: the PyTorch reference (which also checks that the checkpoint loads)."""
+    try:
+        model, tokenizer, _ = model_lib.load(plan.checkpoint)
+    except Exception as e:
+        raise ExportFailed(f"could not load {plan.checkpoint}: {type(e).__name__}: {e}") from e
+    outputs = torch_reference(model, tokenizer, sentences, plan.max_length)
+    crf = {k: plan.crf[k].astype(np.float32) for k in ckpt.CRF_KEYS}
+    return _Reference(tokenizer, sentences, plan.max_length, crf, outputs)
+
+
+def _export_graph(tmp: Path, plan: Plan, onnx, quiet: bool) -> _Graph:
+    """Step 2: optimum's export of the encoder + head (crf.safetensors / run.json are ignored by it)."""
     from optimum.exporters.onnx import main_export
 
-    # 1. PyTorch reference (also checks that the checkpoint loads)
-    try:
-        model, tokenizer, run = model_lib.load(checkpoint)
-    except Exception as e:
-        raise ExportFailed(f"could not load {checkpoint}: {type(e).__name__}: {e}") from e
-    ref = torch_reference(model, tokenizer, sentences, max_length)
-    crf = {k: s["crf"][k].astype(np.float32) for k in ckpt.CRF_KEYS}
-
-    # 2. optimum export of the encoder + head (crf.safetensors / run.json are ignored by it)
     work = tmp / ".optimum"
     t0 = time.perf_counter()
     try:
         with _quiet():
-            main_export(model_name_or_path=str(checkpoint), output=str(work), task="token-classification",
-                        opset=s["opset"], do_validation=False, local_files_only=True, device="cpu",
+            main_export(model_name_or_path=str(plan.checkpoint), output=str(work), task="token-classification",
+                        opset=plan.opset, do_validation=False, local_files_only=True, device="cpu",
                         library_name="transformers")
     except Exception as e:
         raise ExportFailed(f"optimum ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
@@ -569,167 +644,168 @@ def _export_into(tmp: Path, s: dict, sentences, optimize: bool, quiet: bool, onn
     export_seconds = time.perf_counter() - t0
     onnx.checker.check_model(str(model_path))
     proto = onnx.load(str(model_path))
-    used_opset = _graph_opset(proto)
-    input_names = [i.name for i in proto.graph.input]
-    output_names = [o.name for o in proto.graph.output]
-    nodes_plain = len(proto.graph.node)
+    graph = _Graph(model_path, _graph_opset(proto), [i.name for i in proto.graph.input],
+                   [o.name for o in proto.graph.output], len(proto.graph.node))
     del proto
-    _log(f"  onnx: opset {used_opset}, inputs {input_names}, {nodes_plain} nodes, "
+    _log(f"  onnx: opset {graph.opset}, inputs {graph.inputs}, {graph.nodes} nodes, "
          f"{model_path.stat().st_size / 1e6:.1f} MB ({export_seconds:.1f} s)", quiet)
+    return graph
 
-    # 3. optional ORT transformer fusions (replace model.onnx when something was fused)
-    opt_info = {"requested": bool(optimize), "applied": False}
-    plain_copy = None  # the unfused graph, kept as a fallback source for static int8
-    if optimize and "int8" in s["quantize"]:
-        plain_copy = tmp / ".model.plain.onnx"
-        shutil.copy2(model_path, plain_copy)
-    if optimize:
-        from onnxruntime.transformers.optimizer import optimize_model
 
-        num_heads = int(config.get("num_attention_heads", 0))
-        hidden = int(config.get("hidden_size", 0))
+def _optimize(graph: _Graph, config: dict, onnx, quiet: bool) -> dict:
+    """Step 3 (``--optimize``): ORT transformer fusions; the fused graph replaces model.onnx when
+    something was fused. Returns the manifest's ``optimize`` entry."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt_info = {"requested": True, "applied": False}
+    model_path = graph.path
+    num_heads = int(config.get("num_attention_heads", 0))
+    hidden = int(config.get("hidden_size", 0))
+    try:
+        with _quiet():
+            opt = optimize_model(str(model_path), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+            stats = opt.get_fused_operator_statistics()
+    except Exception as e:
+        raise ExportFailed(f"ONNX Runtime optimizer failed: {type(e).__name__}: {e}") from e
+    fused = _fused_stats(stats)
+    total = sum(fused.values())
+    opt_info.update(model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0,
+                    fused_operators=fused, fused_total=total, nodes_before=graph.nodes)
+    if total:
+        opt_path = model_path.parent / ".model.opt.onnx"
+        opt.save_model_to_file(str(opt_path))
+        onnx.checker.check_model(str(opt_path))
+        os.replace(opt_path, model_path)
+        nodes_opt = len(onnx.load(str(model_path)).graph.node)
+        opt_info.update(applied=True, nodes_after=nodes_opt, file=fmt.MODEL_FP32,
+                        note=f"fused graph replaces {fmt.MODEL_FP32}")
+        _log(f"  optimize: fused {', '.join(f'{k} x{v}' for k, v in fused.items())}; "
+             f"{graph.nodes} -> {nodes_opt} nodes (replaces {fmt.MODEL_FP32})", quiet)
+    else:
+        opt_info.update(note=f"nothing was fused; {fmt.MODEL_FP32} is the plain exported graph")
+        _log(f"  optimize: nothing was fused; {fmt.MODEL_FP32} left as exported", quiet)
+    return opt_info
+
+
+def _static_int8(tmp: Path, plan: Plan, sources, input_names, ref: _Reference, onnx, quiet: bool):
+    """Step 4a (``--quantize int8``): static, calibrated QDQ int8 from the first of ``sources``
+    ((path, description) pairs) that quantises. Returns (quantization info, parity)."""
+    q_path, info, errors = tmp / fmt.MODEL_INT8, None, []
+    for src, described in sources:
+        try:
+            info = quantize_static_int8(src, q_path, ref.tokenizer, plan.calibration, plan.max_length, input_names,
+                                        plan.calibration["keep_fp32"])
+            onnx.checker.check_model(str(q_path))
+            info["source"] = described
+            break
+        except Exception as e:
+            errors.append(f"{described}: {type(e).__name__}: {_one_line(e)}")
+            q_path.unlink(missing_ok=True)
+    if info is None:
+        raise ExportFailed(f"static int8 quantization failed: {' ; '.join(errors)}")
+    if errors:
+        info["failed_sources"] = errors
+    parity = ref.parity(q_path)
+    _log(f"  int8 (static, {info['calibration']['sentences']} calibration sentences, "
+         f"{info['calibration']['method']}): max |emission diff| {parity['max_abs_emission_diff']:.2e}, "
+         f"tags agree {parity['tag_agreement']:.4f}, {q_path.stat().st_size / 1e6:.1f} MB", quiet)
+    return info, parity
+
+
+def _dynamic_int8(tmp: Path, model_path: Path, fused: str, ref: _Reference, onnx, quiet: bool):
+    """Step 4b (``--quantize int8-dynamic``): ``quantize_dynamic`` per tensor, and per channel if that
+    clearly improves parity. Returns (quantization info, parity)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    candidates = {}
+    best = None
+    for per_channel in (False, True):
+        q_path = tmp / (".int8d-pc.onnx" if per_channel else ".int8d.onnx")
         try:
             with _quiet():
-                opt = optimize_model(str(model_path), model_type="bert", num_heads=num_heads, hidden_size=hidden)
-                stats = opt.get_fused_operator_statistics()
+                quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8,
+                                 per_channel=per_channel, reduce_range=False,
+                                 # the fused graph's contrib ops defeat ONNX shape inference
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            onnx.checker.check_model(str(q_path))
+            par = ref.parity(q_path)
         except Exception as e:
-            raise ExportFailed(f"ONNX Runtime optimizer failed: {type(e).__name__}: {e}") from e
-        fused = _fused_stats(stats)
-        total = sum(fused.values())
-        opt_info.update(model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0,
-                        fused_operators=fused, fused_total=total, nodes_before=nodes_plain)
-        if total:
-            opt_path = tmp / ".model.opt.onnx"
-            opt.save_model_to_file(str(opt_path))
-            onnx.checker.check_model(str(opt_path))
-            os.replace(opt_path, model_path)
-            nodes_opt = len(onnx.load(str(model_path)).graph.node)
-            opt_info.update(applied=True, nodes_after=nodes_opt, file=fmt.MODEL_FP32,
-                            note=f"fused graph replaces {fmt.MODEL_FP32}")
-            _log(f"  optimize: fused {', '.join(f'{k} x{v}' for k, v in fused.items())}; "
-                 f"{nodes_plain} -> {nodes_opt} nodes (replaces {fmt.MODEL_FP32})", quiet)
+            if not per_channel:
+                raise ExportFailed(f"int8-dynamic quantization failed: {type(e).__name__}: {e}") from e
+            candidates["per_channel"] = {"error": f"{type(e).__name__}: {e}"}
+            q_path.unlink(missing_ok=True)
+            continue
+        candidates["per_channel" if per_channel else "per_tensor"] = {
+            k: par[k] for k in ("max_abs_emission_diff", "tag_agreement", "sentences_identical")}
+        # per-tensor first; per-channel is kept only if it clearly helps parity: more tags agree,
+        # or as many agree and the max emission difference is at least 10% smaller
+        if best is None or par["tag_agreement"] > best[2]["tag_agreement"] or (
+                par["tag_agreement"] == best[2]["tag_agreement"]
+                and par["max_abs_emission_diff"] <= 0.9 * best[2]["max_abs_emission_diff"]):
+            if best is not None:
+                best[1].unlink()
+            best = (per_channel, q_path, par)
         else:
-            opt_info.update(note=f"nothing was fused; {fmt.MODEL_FP32} is the plain exported graph")
-            _log(f"  optimize: nothing was fused; {fmt.MODEL_FP32} left as exported", quiet)
-        del opt
+            q_path.unlink()
+    per_channel, q_path, par = best
+    os.replace(q_path, tmp / fmt.MODEL_INT8_DYNAMIC)
+    info = {
+        "method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+        "activations": "dynamic uint8 (scale over the whole batch tensor: not batch-invariant)",
+        "per_channel": per_channel, "reduce_range": False,
+        "source": fmt.MODEL_FP32 + fused, "candidates": candidates}
+    _log(f"  int8-dynamic ({'per-channel' if per_channel else 'per-tensor'}): max |emission diff| "
+         f"{par['max_abs_emission_diff']:.2e}, tags agree {par['tag_agreement']:.4f}, "
+         f"{(tmp / fmt.MODEL_INT8_DYNAMIC).stat().st_size / 1e6:.1f} MB", quiet)
+    return info, par
 
-    # 4. fp32 parity
-    parity = {"fp32": measure_parity(model_path, ref, crf, tokenizer, sentences, max_length)}
-    _log(f"  parity fp32: max |emission diff| {parity['fp32']['max_abs_emission_diff']:.2e}, "
-         f"tags agree {parity['fp32']['tag_agreement']:.4f}", quiet)
-    models = {"fp32": {"file": fmt.MODEL_FP32, "batch_invariant": True}}
 
-    # 5. optional int8: static (calibrated, QDQ) and / or dynamic
-    quant_info = {}
-    if "int8" in s["quantize"]:
-        sources = [(model_path, fmt.MODEL_FP32 + (" (fused)" if opt_info["applied"] else ""))]
-        if plain_copy is not None:
-            sources.append((plain_copy, fmt.MODEL_FP32 + " (plain graph, before the fusions)"))
-        q_path, info, errors = tmp / fmt.MODEL_INT8, None, []
-        for src, described in sources:
-            try:
-                info = quantize_static_int8(src, q_path, tokenizer, s["calibration"], max_length, input_names,
-                                            s["calibration"]["keep_fp32"])
-                onnx.checker.check_model(str(q_path))
-                info["source"] = described
-                break
-            except Exception as e:
-                errors.append(f"{described}: {type(e).__name__}: {_one_line(e)}")
-                q_path.unlink(missing_ok=True)
-        if info is None:
-            raise ExportFailed(f"static int8 quantization failed: {' ; '.join(errors)}")
-        if errors:
-            info["failed_sources"] = errors
-        parity["int8"] = measure_parity(q_path, ref, crf, tokenizer, sentences, max_length)
-        models["int8"] = {"file": fmt.MODEL_INT8, "batch_invariant": True}
-        quant_info["int8"] = info
-        _log(f"  int8 (static, {info['calibration']['sentences']} calibration sentences, "
-             f"{info['calibration']['method']}): max |emission diff| {parity['int8']['max_abs_emission_diff']:.2e}, "
-             f"tags agree {parity['int8']['tag_agreement']:.4f}, {q_path.stat().st_size / 1e6:.1f} MB", quiet)
-    if "int8-dynamic" in s["quantize"]:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        candidates = {}
-        best = None
-        for per_channel in (False, True):
-            q_path = tmp / (".int8d-pc.onnx" if per_channel else ".int8d.onnx")
-            try:
-                with _quiet():
-                    quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8,
-                                     per_channel=per_channel, reduce_range=False,
-                                     # the fused graph's contrib ops defeat ONNX shape inference
-                                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-                onnx.checker.check_model(str(q_path))
-                par = measure_parity(q_path, ref, crf, tokenizer, sentences, max_length)
-            except Exception as e:
-                if not per_channel:
-                    raise ExportFailed(f"int8-dynamic quantization failed: {type(e).__name__}: {e}") from e
-                candidates["per_channel"] = {"error": f"{type(e).__name__}: {e}"}
-                q_path.unlink(missing_ok=True)
-                continue
-            candidates["per_channel" if per_channel else "per_tensor"] = {
-                k: par[k] for k in ("max_abs_emission_diff", "tag_agreement", "sentences_identical")}
-            # per-tensor first; per-channel is kept only if it clearly helps parity: more tags agree,
-            # or as many agree and the max emission difference is at least 10% smaller
-            if best is None or par["tag_agreement"] > best[2]["tag_agreement"] or (
-                    par["tag_agreement"] == best[2]["tag_agreement"]
-                    and par["max_abs_emission_diff"] <= 0.9 * best[2]["max_abs_emission_diff"]):
-                if best is not None:
-                    best[1].unlink()
-                best = (per_channel, q_path, par)
-            else:
-                q_path.unlink()
-        per_channel, q_path, par = best
-        os.replace(q_path, tmp / fmt.MODEL_INT8_DYNAMIC)
-        parity["int8-dynamic"] = par
-        models["int8-dynamic"] = {"file": fmt.MODEL_INT8_DYNAMIC, "batch_invariant": False}
-        quant_info["int8-dynamic"] = {
-            "method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-            "activations": "dynamic uint8 (scale over the whole batch tensor: not batch-invariant)",
-            "per_channel": per_channel, "reduce_range": False,
-            "source": fmt.MODEL_FP32 + (" (fused)" if opt_info["applied"] else ""), "candidates": candidates}
-        _log(f"  int8-dynamic ({'per-channel' if per_channel else 'per-tensor'}): max |emission diff| "
-             f"{par['max_abs_emission_diff']:.2e}, tags agree {par['tag_agreement']:.4f}, "
-             f"{(tmp / fmt.MODEL_INT8_DYNAMIC).stat().st_size / 1e6:.1f} MB", quiet)
-    if plain_copy is not None:
-        plain_copy.unlink(missing_ok=True)
-
-    for prec, entry in models.items():
+def _describe_models(tmp: Path, models: dict) -> None:
+    """Step 5: size, hash and ONNX Runtime's view of the inputs / outputs of every written model."""
+    for entry in models.values():
         f = tmp / entry["file"]
         sess = _ort_session(f)
         entry.update(bytes=f.stat().st_size, sha256=_sha256(f),
                      input_types={i.name: i.type for i in sess.get_inputs()},
                      output_names=[o.name for o in sess.get_outputs()])
 
-    # 6. CRF, tokenizer and config
-    fmt.write_crf(tmp, labels, crf["transitions"], crf["start"], crf["end"])
+
+def _write_crf_and_tokenizer(tmp: Path, plan: Plan, ref: _Reference) -> dict:
+    """Step 6: crf.json, the tokenizer files (tokenizer.json normalised for serving) and config.json.
+    Returns the manifest's ``tokenizer`` entry."""
+    checkpoint, crf = plan.checkpoint, ref.crf
+    fmt.write_crf(tmp, plan.labels, crf["transitions"], crf["start"], crf["end"])
     for name in EXPORTED_TOKENIZER_FILES + (ckpt.CONFIG_FILE,):
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, tmp / name)
     if not (tmp / fmt.TOKENIZER_FILE).is_file():  # e.g. a checkpoint saved with only vocab.txt
-        tokenizer.save_pretrained(str(tmp))
+        ref.tokenizer.save_pretrained(str(tmp))
         for f in tmp.glob("*.py"):
             f.unlink()
-    tokenizer_check = _normalise_tokenizer_json(tmp / fmt.TOKENIZER_FILE, tokenizer, sentences, max_length)
+    return _normalise_tokenizer_json(tmp / fmt.TOKENIZER_FILE, ref.tokenizer, ref.sentences, plan.max_length)
 
-    run = s["run"]
+
+def _manifest(plan: Plan, graph: _Graph, models: dict, opt_info: dict, quant_info: dict, parity: dict,
+              tokenizer_check: dict) -> dict:
+    """Step 7: the manifest (:mod:`export.format`), less the source hashes and file sizes."""
+    run, config = plan.run, plan.config
     return {
         fmt.K_FORMAT: fmt.FORMAT,
         fmt.K_VERSION: fmt.FORMAT_VERSION,
         fmt.K_CREATED: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        fmt.K_SOURCE: {"checkpoint": str(checkpoint.resolve()), "given": str(s["given"]),
+        fmt.K_SOURCE: {"checkpoint": str(plan.checkpoint.resolve()), "given": str(plan.given),
                        "checkpoint_format": run.get("format"), "checkpoint_version": run.get("version"),
                        "saved_at": run.get("saved_at"), "epoch": run.get("epoch"),
                        "metrics": run.get("metrics")},
         fmt.K_KIND: run.get("kind"),
         fmt.K_METHOD: run.get("method"),
         fmt.K_VERSIONS: _versions(),
-        fmt.K_OPSET: used_opset,
-        "opset_requested": s["opset"],
-        fmt.K_LABELS: list(labels),
-        fmt.K_MAX_LENGTH: max_length,
-        fmt.K_INPUTS: input_names,
-        fmt.K_OUTPUTS: output_names,
+        fmt.K_OPSET: graph.opset,
+        "opset_requested": plan.opset,
+        fmt.K_LABELS: list(plan.labels),
+        fmt.K_MAX_LENGTH: plan.max_length,
+        fmt.K_INPUTS: graph.inputs,
+        fmt.K_OUTPUTS: graph.outputs,
         "dynamic_axes": {"batch": 0, "sequence": 1},
         "emissions": "logits (batch, sequence, labels) per sub-token; the CRF runs on the logits of the "
                      "first sub-token of every word",

@@ -1,6 +1,6 @@
 """CoNLL files streamed block by block, for :mod:`serving.tag` (torch-free, like the rest of ``serving/``).
 
-The training side parses labelled CoNLL files with :func:`training.data.read_conll`; this is the
+The training side parses labelled CoNLL files with :func:`training.corpora.read_conll`; this is the
 serving side's splitter: it only cuts the lines into sentences, keeps whatever items it is given
 (``serving.tag`` passes line numbers and byte offsets along, to resume a file) and holds one
 sentence in memory at a time.

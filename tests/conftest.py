@@ -168,3 +168,138 @@ def make_char_encoder(directory: Path, labels=TOY_LABELS, layers: int = 2, hidde
                      label2id={l: i for i, l in enumerate(labels)})
     BertForTokenClassification(cfg).save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def fails_one_line(capsys, fn, argv, match):
+    """``fn(argv)`` (a command line's main) exits with status 2 after one line ``error: ...`` on
+    stderr that matches the regular expression ``match``; returns that line."""
+    import re
+
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(match, err[0]), err
+    return err[0]
+
+
+# ---------------------------------------------------------------- sentences for export / serving tests
+#: Real-looking sentences of varied lengths (the last one is longer than 128 sub-tokens).
+REAL_SENTENCES = [
+    ["Paris"],
+    ["Angela", "Merkel", "visited", "Washington", "on", "Tuesday", "."],
+    ["@jenny_x", "omg", "best", "pizza", "in", "Brooklyn", "!!!", "#foodie", "http://t.co/abc"],
+    ["Unbelievably", "overcomplicated", "pharmacokinetics", "in", "Reykjavík", "and", "Zürich"],
+    ("The European Commission said on Thursday it disagreed with German advice to consumers to shun "
+     "British lamb until scientists determine whether mad cow disease can be transmitted to sheep .").split() * 6,
+]
+
+
+def random_sentences(tok, n=12, seed=0):
+    """Random words: whole-word vocab entries glued to ##pieces (multi-sub-token words)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab = [t for t in tok.get_vocab() if t.isalpha() and not t.startswith("[")]
+    pieces = [t[2:] for t in tok.get_vocab() if t.startswith("##") and t[2:].isalpha()]
+    out = []
+    for length in [1, 2, 3, 5, 8, 13, 21, 34, 55, 120][:n] + list(rng.integers(1, 40, n - 10)):
+        words = []
+        for _ in range(int(length)):
+            w = str(rng.choice(vocab))
+            for _ in range(int(rng.integers(0, 3))):
+                w += str(rng.choice(pieces))
+            words.append(w)
+        out.append(words)
+    return out
+
+
+class Uvicorn:
+    """A real uvicorn server on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        import time
+
+        self.thread.start()
+        t0 = time.time()
+        while not self.server.started:
+            assert time.time() - t0 < 30 and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+# ---------------------------------------------------------------- the demo's forced models
+# A forced model tags chosen words with chosen labels whatever the context, so the entities are
+# known in advance. Student (A) and teacher (B) of the disagreement tests differ on Berlin, Paris
+# and Google.
+RULES_A = {"angela": "B-PER", "merkel": "I-PER", "paris": "B-LOC", "google": "B-ORG"}
+RULES_B = {"angela": "B-PER", "merkel": "I-PER", "paris": "B-ORG", "berlin": "B-LOC"}
+TEXT = "Angela Merkel flew from Berlin to Paris to meet Google ."
+EXPECT_A = [("Angela Merkel", "PER", 0, 13), ("Paris", "LOC", 34, 39), ("Google", "ORG", 48, 54)]
+EXPECT_B = [("Angela Merkel", "PER", 0, 13), ("Berlin", "LOC", 24, 30), ("Paris", "ORG", 34, 39)]
+
+
+def demo_config(layers=2, hidden=32):
+    """The BertConfig of the demo tests' tiny models (labels :data:`TOY_LABELS`)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=2 * hidden, max_position_embeddings=512, num_labels=len(TOY_LABELS),
+                      id2label=dict(enumerate(TOY_LABELS)), label2id={l: i for i, l in enumerate(TOY_LABELS)})
+
+
+def forced_model(rules: dict[str, str], tok):
+    """Tags the words of ``rules`` (lower-case; their first sub-token) with their label, every other
+    word ``O``, in any context: zero embeddings but one label-indicator coordinate per chosen word,
+    identity encoder blocks, a classifier reading those coordinates, a zero CRF."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    from training.model import BertCrf
+
+    torch.manual_seed(0)
+    model = BertCrf(BertForTokenClassification(demo_config()))
+    enc = model.encoder
+    with torch.no_grad():
+        emb = enc.bert.embeddings
+        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+            table.weight.zero_()
+        for layer in enc.bert.encoder.layer:  # identity blocks: LayerNorm(0 + x) == x
+            for lin in (layer.attention.output.dense, layer.output.dense):
+                lin.weight.zero_()
+                lin.bias.zero_()
+        for word, label in rules.items():
+            first = tok.tokenize(word)[0]
+            emb.word_embeddings.weight[tok.convert_tokens_to_ids(first), TOY_LABELS.index(label)] = 10.0
+        enc.classifier.weight.zero_()
+        enc.classifier.bias.zero_()
+        for k in range(1, len(TOY_LABELS)):
+            enc.classifier.weight[k, k] = 4.0
+        enc.classifier.bias[0] = 1.0  # a zero hidden state (every other word) -> O
+        for p in model.crf.parameters():
+            p.zero_()
+    return model.eval()
+
+
+def save_run(model, tok, directory: Path, kind="teacher") -> Path:
+    """``model`` saved as the best checkpoint of a run in ``directory``."""
+    from training import checkpoint as ckpt
+
+    model.save(directory / ckpt.BEST, tok, {"kind": kind, "method": None, "args": {"max_length": 128}})
+    return directory

@@ -8,7 +8,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from test_export import REAL, _tokenizer, tiny_model
+    from conftest import REAL_SENTENCES as REAL
+    from conftest import minilm_tokenizer as _tokenizer
+    from conftest import tiny_bert_crf as tiny_model
     from export import onnx as exp
     from training import checkpoint as ckpt
 

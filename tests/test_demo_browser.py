@@ -1,7 +1,7 @@
 """The demo in a real browser: headless Chromium (system package) driven by Playwright for Python.
 
 The demo runs in-process (``build_app`` + ``launch`` on a free loopback port). Its models are the
-"forced" tiny BERT-CRFs of test_demo.py, so the entities are known in advance: the teacher (PyTorch,
+"forced" tiny BERT-CRFs of conftest.py, so the entities are known in advance: the teacher (PyTorch,
 rules B) tags Angela Merkel PER, Berlin LOC, Paris ORG; the student (ONNX through the serving
 engine, rules A) tags Angela Merkel PER, Paris LOC, Google ORG. The page must show exactly those
 spans in the two panels and the three disagreements in the table.
@@ -12,7 +12,9 @@ import pytest
 
 from demo.screenshot import CHROMIUM_ARGS, find_chromium, free_port, highlighted, run_in_page
 from export import onnx as exp
-from test_demo import EXPECT_A, EXPECT_B, RULES_A, RULES_B, TEXT, _tokenizer, forced_model, save_run
+
+from conftest import EXPECT_A, EXPECT_B, RULES_A, RULES_B, TEXT, forced_model, save_run
+from conftest import minilm_tokenizer as _tokenizer
 
 try:
     from playwright.sync_api import sync_playwright

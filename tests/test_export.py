@@ -19,19 +19,13 @@ from export import onnx as exp
 from export import viterbi as nv
 from training import checkpoint as ckpt
 
+from conftest import REAL_SENTENCES as REAL  # noqa: E402
 from conftest import minilm_tokenizer as _tokenizer  # noqa: E402
+from conftest import random_sentences  # noqa: E402
 from conftest import tiny_bert_crf as tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-REAL = [
-    ["Paris"],
-    ["Angela", "Merkel", "visited", "Washington", "on", "Tuesday", "."],
-    ["@jenny_x", "omg", "best", "pizza", "in", "Brooklyn", "!!!", "#foodie", "http://t.co/abc"],
-    ["Unbelievably", "overcomplicated", "pharmacokinetics", "in", "Reykjavík", "and", "Zürich"],
-    ("The European Commission said on Thursday it disagreed with German advice to consumers to shun "
-     "British lamb until scientists determine whether mad cow disease can be transmitted to sheep .").split() * 6,
-]
 
 
 @pytest.fixture(scope="module")
@@ -83,23 +77,6 @@ def optimized(run_dir, tmp_path_factory, calibration_file):
                        "--calibration", str(calibration_file)])
     assert rc == 0
     return out, buf.getvalue()
-
-
-def random_sentences(tok, n=12, seed=0):
-    """Random words: whole-word vocab entries glued to ##pieces (multi-sub-token words)."""
-    rng = np.random.default_rng(seed)
-    vocab = [t for t in tok.get_vocab() if t.isalpha() and not t.startswith("[")]
-    pieces = [t[2:] for t in tok.get_vocab() if t.startswith("##") and t[2:].isalpha()]
-    out = []
-    for length in [1, 2, 3, 5, 8, 13, 21, 34, 55, 120][:n] + list(rng.integers(1, 40, n - 10)):
-        words = []
-        for _ in range(int(length)):
-            w = str(rng.choice(vocab))
-            for _ in range(int(rng.integers(0, 3))):
-                w += str(rng.choice(pieces))
-            words.append(w)
-        out.append(words)
-    return out
 
 
 def make_batch(tok, sentences, max_length=128):
@@ -284,7 +261,7 @@ def test_calibration_file_and_bad_calibration(run_dir, calibration_file, tmp_pat
         exp.validate(run_dir, out=tmp_path / "o", quantize="int8", calibration=calibration_file, keep_fp32=["(("])
     # int8-dynamic needs no calibration data; int8 without any is refused before anything is written
     assert exp.validate(run_dir, out=tmp_path / "o", quantize="int8-dynamic",
-                        calibration=tmp_path / "nope.txt")["calibration"] is None
+                        calibration=tmp_path / "nope.txt").calibration is None
     assert not (tmp_path / "o").exists()
 
 
@@ -456,12 +433,12 @@ def test_failure_mid_export_leaves_previous_export(run_dir, tmp_path, monkeypatc
 
 
 def test_default_out_dirs(run_dir, tmp_path):
-    assert exp.validate(run_dir)["out"] == run_dir / "onnx"
-    assert exp.validate(run_dir / "best")["out"] == run_dir / "onnx"
+    assert exp.validate(run_dir).out == run_dir / "onnx"
+    assert exp.validate(run_dir / "best").out == run_dir / "onnx"
     other = tmp_path / "mymodel"
     shutil.copytree(run_dir / "best", other)
-    assert exp.validate(other)["out"] == tmp_path / "mymodel-onnx"
-    assert exp.validate(run_dir, max_length=64)["max_length"] == 64
+    assert exp.validate(other).out == tmp_path / "mymodel-onnx"
+    assert exp.validate(run_dir, max_length=64).max_length == 64
 
 
 def test_format_readers_errors(tmp_path, exported):

@@ -6,10 +6,15 @@ import pytest
 from export import evaluate as ev_export
 from export import format as fmt
 from export import onnx as exp
-from test_export import REAL, _tokenizer, random_sentences, tiny_model
 from training import data as data_lib
 from training import evaluate as ev
+from training.corpora import Sentence
 from training.model import load
+
+from conftest import REAL_SENTENCES as REAL
+from conftest import minilm_tokenizer as _tokenizer
+from conftest import random_sentences
+from conftest import tiny_bert_crf as tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +26,7 @@ def setup(tmp_path_factory):
     # gold tags = the PyTorch model's own predictions, so that F1 is 1.0 and deltas are meaningful
     model, _, _ = load(run)
     sents = REAL + random_sentences(tok, n=14, seed=5)
-    enc = data_lib.encode([data_lib.Sentence(w, ["O"] * len(w)) for w in sents], tok, None, max_length=64)
+    enc = data_lib.encode([Sentence(w, ["O"] * len(w)) for w in sents], tok, None, max_length=64)
     pred = ev.predict(model, enc)
     data = base / "data"
     data.mkdir()

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForTokenClassification
 
+from training import corpora
 from training import data as data_lib
 from training import distill, extra, losses, targetcache, teacher
-from training.data import DataError, Sentence
+from training.corpora import DataError, Sentence
 from training.model import BertCrf, load_tokenizer
 
 from conftest import SHARED_DATA, kill_during_epoch, make_tiny_encoder, toy_sentences, write_conll
@@ -99,7 +100,7 @@ def test_the_conll2003_pool_loads_from_shared_data():
 
 # ---------------------------------------------------------------- the dev/test check
 def _splits(train, dev, test, name="toy"):
-    return data_lib.DatasetSplits(name, train, dev, test, ["O"], "test")
+    return corpora.DatasetSplits(name, train, dev, test, ["O"], "test")
 
 
 def test_dev_and_test_sentences_are_dropped_and_counted(tmp_path, capsys):
@@ -119,7 +120,7 @@ def test_dev_and_test_sentences_are_dropped_and_counted(tmp_path, capsys):
 
 def test_the_check_uses_full_dev_and_test_under_limit_eval(tmp_path):
     d = _fake_data_dir(tmp_path)
-    full = data_lib.load_dataset("conll2000", data_dir=d)
+    full = corpora.load_dataset("conll2000", data_dir=d)
     limited = _splits(full.train, full.dev[:1], full.test[:1], "conll2000")
     pool = tmp_path / "pool.conll"
     write_conll(pool, [(s.words, s.tags) for s in full.test])
@@ -144,7 +145,7 @@ def test_mention_swap_swaps_one_mention_for_another_of_its_type():
     for k, new in enumerate(out):
         old = TRAIN[k // 2]
         o_spans, n_spans = tags_to_spans(old.tags), tags_to_spans(new.tags)
-        assert len(new.words) == len(new.tags) and data_lib.iob1_to_iob2(new.tags) == new.tags
+        assert len(new.words) == len(new.tags) and corpora.iob1_to_iob2(new.tags) == new.tags
         assert [t for *_, t in o_spans] == [t for *_, t in n_spans]  # same types, same order
         changed = [(o, n) for o, n in zip(o_spans, n_spans) if old.words[o[0]:o[1]] != new.words[n[0]:n[1]]]
         assert len(changed) == 1

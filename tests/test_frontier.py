@@ -13,7 +13,7 @@ def _save(run: Path, depth: int, kind: str, data_dir: Path, seed: int):
     from transformers import BertConfig, BertForTokenClassification
 
     from conftest import TOY_LABELS
-    from test_export import _tokenizer
+    from conftest import minilm_tokenizer as _tokenizer
     from training import checkpoint as ckpt
     from training.model import BertCrf
 

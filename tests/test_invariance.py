@@ -32,7 +32,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from test_export import REAL, _tokenizer, tiny_model
+    from conftest import REAL_SENTENCES as REAL
+    from conftest import minilm_tokenizer as _tokenizer
+    from conftest import tiny_bert_crf as tiny_model
     from export import onnx as exp
     from training import checkpoint as ckpt
 
@@ -139,7 +141,7 @@ def test_model_endpoint_says_batching(export_dir, engines):
 def test_http_concurrent_vs_one_by_one(engines, precision):
     import httpx
 
-    from test_serving import _Uvicorn
+    from conftest import Uvicorn
 
     engine = engines[precision]
     app = create_app(engine, Settings(max_wait_ms=50))
@@ -150,7 +152,7 @@ def test_http_concurrent_vs_one_by_one(engines, precision):
             single = c.post("/v1/ner", json={"texts": TEXTS})  # several texts of one request, in one batch
             return await asyncio.gather(single, *(c.post("/v1/ner", json={"text": t}) for t in texts))
 
-    with _Uvicorn(app) as url:
+    with Uvicorn(app) as url:
         one_by_one = [httpx.post(url + "/v1/ner", json={"text": t}, timeout=60).json()["entities"] for t in TEXTS]
         before = httpx.get(url + "/metrics").text
         responses = asyncio.run(concurrent(url))

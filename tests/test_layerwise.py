@@ -1,9 +1,7 @@
-"""Layer-wise distillation (hidden states, attention, emissions), early stopping, config files and
-recipes: the terms vanish exactly when the student is the teacher, respect masks, have the right
+"""Layer-wise distillation (hidden states, attention, emissions), early stopping: the terms vanish exactly when the student is the teacher, respect masks, have the right
 gradients; projections are trained, saved, resumed and not exported; bad input is refused."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -11,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForTokenClassification
 
-from training import distill, layerwise, teacher, trainer
+from training import distill, layerwise, teacher
 from training.layerwise import LayerwiseArgs, Matching
 from training.model import BertCrf
 
-from conftest import ROOT, kill_during_epoch, make_tiny_encoder
+from conftest import fails_one_line, kill_during_epoch, make_tiny_encoder
 
 
 # ---------------------------------------------------------------- the terms, float64
@@ -308,23 +306,14 @@ def test_projections_are_saved_resumed_and_not_exported(toy_teacher, tmp_path, m
     assert (32, 8) not in shapes and (8, 32) not in shapes
 
 
-def _fails(capsys, fn, argv, match):
-    with pytest.raises(SystemExit) as e:
-        fn(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and re.search(match, err[0]), err
-    return err[0]
-
-
 def test_bad_input_one_line_exit_2_nothing_written(toy_teacher, tmp_path, capsys):
     out = tmp_path / "never"
     base = ["--teacher", str(toy_teacher), "--out", str(out), "--threads", "1"]
-    _fails(capsys, distill.main, base + ["--hidden-weight", "-1"], "--hidden-weight must be >= 0")
-    _fails(capsys, distill.main, base + ["--emission-weight", "-0.5"], "--emission-weight must be >= 0")
-    _fails(capsys, distill.main, base + ["--attn-weight", "nan"], "--attn-weight must be >= 0")
-    _fails(capsys, distill.main, base + ["--patience", "-1"], "--patience must be >= 0")
-    _fails(capsys, distill.main, base + ["--recipe", "nosuch"], r"unknown recipe 'nosuch'; available: .*best")
+    fails_one_line(capsys, distill.main, base + ["--hidden-weight", "-1"], "--hidden-weight must be >= 0")
+    fails_one_line(capsys, distill.main, base + ["--emission-weight", "-0.5"], "--emission-weight must be >= 0")
+    fails_one_line(capsys, distill.main, base + ["--attn-weight", "nan"], "--attn-weight must be >= 0")
+    fails_one_line(capsys, distill.main, base + ["--patience", "-1"], "--patience must be >= 0")
+    fails_one_line(capsys, distill.main, base + ["--recipe", "nosuch"], r"unknown recipe 'nosuch'; available: .*best")
     from transformers import AutoTokenizer
 
     heads4 = tmp_path / "heads4"
@@ -332,7 +321,7 @@ def test_bad_input_one_line_exit_2_nothing_written(toy_teacher, tmp_path, capsys
                      intermediate_size=64, num_labels=7)
     BertForTokenClassification(cfg).save_pretrained(heads4, safe_serialization=True)
     AutoTokenizer.from_pretrained(toy_teacher / "best").save_pretrained(heads4)
-    _fails(capsys, distill.main, base + ["--student-init", str(heads4), "--attn-weight", "1"],
+    fails_one_line(capsys, distill.main, base + ["--student-init", str(heads4), "--attn-weight", "1"],
            r"equal attention head counts: student layer 0 has 4 heads, teacher layer \d has 2")
     assert not out.exists()
 
@@ -355,51 +344,6 @@ def test_patience_stops_and_a_resumed_run_does_not_train_again(tmp_path, toy_dat
     result = teacher.main(argv + ["--resume"])
     assert [r["epoch"] for r in _log(out)[n:] if "dev_f1" in r and "final" not in r] == []
     assert result["epochs_trained"] == 3
-
-
-# ---------------------------------------------------------------- config files and recipes
-def test_config_file_values_and_overrides(tmp_path, capsys):
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class Extra:
-        tags: list[str] = field(default_factory=lambda: ["a"])
-        sizes: list[int] = field(default_factory=lambda: [1])
-
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"_comment": "ignored", "bucket": False, "threads": None, "epochs": 7, "lr": 3e-5,
-                               "head-lr": 0.002, "tags": ["x", "y"], "sizes": [3, 4], "resume": True}))
-    types = (trainer.TrainArgs, Extra)
-    t, x = trainer.parse_args(types, ["--config", str(cfg)])
-    assert t.bucket is False and t.threads is None and t.epochs == 7 and t.lr == 3e-5 and t.head_lr == 0.002
-    assert x.tags == ["x", "y"] and x.sizes == [3, 4] and t.resume is True
-    # flags override the file, before or after --config
-    t, x = trainer.parse_args(types, ["--epochs", "2", "--config", str(cfg), "--bucket", "--threads", "1",
-                                      "--tags", "z", "--sizes", "5"])
-    assert t.epochs == 2 and t.bucket is True and t.threads == 1 and x.tags == ["z"] and x.sizes == [5]
-    assert t.lr == 3e-5
-    cfg.write_text(json.dumps({"epochs": 7, "nosuch": 1}))
-    _fails(capsys, lambda a: trainer.parse_args(types, a), ["--config", str(cfg)], r"unknown key\(s\) nosuch")
-    cfg.write_text('{"epochs": 7,\n "lr": }')
-    _fails(capsys, lambda a: trainer.parse_args(types, a), ["--config", str(cfg)], r"c\.json: line 2")
-    cfg.write_text(json.dumps({"patience": -3}))
-    _fails(capsys, lambda a: trainer.parse_args(types, a), ["--config", str(cfg)], "--patience must be >= 0")
-
-
-def test_recipe_best_parses_and_matches_make_run():
-    from training.extra import ExtraArgs
-
-    dargs, largs, targs, xargs = trainer.parse_args((distill.DistillArgs, LayerwiseArgs, trainer.TrainArgs, ExtraArgs),
-                                                    ["--recipe", "best", "--seed", "3"])
-    assert dargs.method == "pos" and largs.hidden_weight > 0 and largs.emission_weight > 0
-    assert xargs.kinds == ["mention-swap", "mask"]  # the default data has no unlabelled tweets: augmented train
-    assert targs.epochs == 10 and targs.patience == 3 and targs.seed == 3
-    recipe = json.loads((trainer.RECIPES / "best.json").read_text())
-    make = (ROOT / "Makefile").read_text()
-    # the undistilled baseline of `make run` gets the recipe's budget
-    assert re.search(rf"^RECIPE_EPOCHS\s*\?=\s*{recipe['epochs']}\s*$", make, re.M)
-    assert re.search(rf"^RECIPE_PATIENCE\s*\?=\s*{recipe['patience']}\s*$", make, re.M)
-    assert "--recipe best" in make
 
 
 def test_report_names_the_extra_text():

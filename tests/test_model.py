@@ -15,7 +15,7 @@ from conftest import TOY_LABELS, toy_sentences
 
 
 def _batch(tok, sentences, labels=TOY_LABELS):
-    from training.data import Sentence
+    from training.corpora import Sentence
 
     sents = [Sentence(w, t) for w, t in sentences]
     enc = data_lib.encode(sents, tok, {l: i for i, l in enumerate(labels)}, max_length=32)

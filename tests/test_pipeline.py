@@ -11,6 +11,7 @@ from serving.engine import NerEngine
 from training import backend
 from training import crf as crf_lib
 from training import data as data_lib
+from training.corpora import Sentence
 from training import evaluate as ev
 
 TEXTS = [
@@ -67,7 +68,7 @@ def test_torch_pipeline_matches_the_training_reference(setup):
     sentences = REAL[:-1] + random_sentences(tok, seed=7) + [["Paris", "\u200b", "", "Berlin"]]
     fits = [s for s in sentences if len(tok(s, is_split_into_words=True)["input_ids"]) <= 64]
     assert len(fits) >= 10
-    enc = data_lib.encode([data_lib.Sentence(s, ["O"] * len(s)) for s in fits], tok, None, max_length=64)
+    enc = data_lib.encode([Sentence(s, ["O"] * len(s)) for s in fits], tok, None, max_length=64)
     ref = model.decode(data_lib.collate(enc.items, enc.pad_token_id))
     assert tagger.tag_words(fits) == [[tagger.labels[t] for t in row] for row in ref]
 
@@ -78,7 +79,7 @@ def test_truncate_is_the_training_protocol(setup):
     from test_export import REAL
 
     tagger, model, tok = setup["torch"], setup["model"], setup["tok"]
-    sentences = [data_lib.Sentence(s, ["O"] * len(s)) for s in REAL + [split_words(TEXTS[-1])[0]]]
+    sentences = [Sentence(s, ["O"] * len(s)) for s in REAL + [split_words(TEXTS[-1])[0]]]
     enc = data_lib.encode(sentences, tok, None, max_length=64)
     assert enc.n_truncated_words > 0
     tags, _, timings = tagger.tag([Document.from_words(s.words) for s in sentences], scores=False, truncate=True)

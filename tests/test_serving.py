@@ -1,6 +1,6 @@
 """Serving (issue #6): the ONNX Runtime engine, the HTTP server, the bad-input corpus, the
 torch-free import path and a fresh ``.[serve]`` install. One tiny random BERT-CRF is exported
-once for the module (see tests/test_export.py)."""
+once for the module (:func:`conftest.tiny_bert_crf`)."""
 import asyncio
 import hashlib
 import itertools
@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +25,9 @@ from serving import badinput
 from serving.engine import (EngineError, NerEngine, plan_windows, span_probability, split_words,
                             tags_to_spans)
 from serving.server import Settings, create_app
+
+from conftest import REAL_SENTENCES as REAL
+from conftest import Uvicorn, minilm_tokenizer, random_sentences, tiny_bert_crf
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -44,18 +46,15 @@ TEXTS = [
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def tok():
-    from test_export import _tokenizer
-
-    return _tokenizer()
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tok):
-    from test_export import tiny_model
     from training import checkpoint as ckpt
 
     run = tmp_path_factory.mktemp("serve_runs") / "student"
-    tiny_model(seed=1).save(run / ckpt.BEST, tok, {"kind": "student", "method": "msd", "args": {"max_length": 128}})
+    tiny_bert_crf(seed=1).save(run / ckpt.BEST, tok, {"kind": "student", "method": "msd", "args": {"max_length": 128}})
     return run
 
 
@@ -80,7 +79,8 @@ def engine(export_dir):
 
 def torch_tags(model, tok, sentences, max_length=128):
     """Reference: the training pipeline (training.data.encode: unk for empty words) + BertCrf.decode."""
-    from training.data import Sentence, collate, encode
+    from training.corpora import Sentence
+    from training.data import collate, encode
 
     enc = encode([Sentence(list(s), ["O"] * len(s)) for s in sentences], tok, None, max_length=max_length)
     out = model.decode(collate(enc.items, enc.pad_token_id))
@@ -96,8 +96,6 @@ def long_words(n=400, seed=0):
 
 # --------------------------------------------------------------------------- engine
 def test_engine_tags_match_pytorch(engine, torch_model, tok):
-    from test_export import REAL, random_sentences
-
     sentences = REAL[:-1] + random_sentences(tok, seed=5) + [split_words(t)[0] for t in TEXTS if t.strip()]
     fits = [s for s in sentences if len(tok(s, is_split_into_words=True)["input_ids"]) <= 128]
     assert len(fits) >= 15 and max(map(len, fits)) > 50
@@ -511,31 +509,6 @@ def test_engine_failure_is_500_and_server_recovers(engine, monkeypatch):
         assert 'ner_errors_total{reason="engine"} 1' in c.get("/metrics").text
 
 
-class _Uvicorn:
-    """A real uvicorn server on a free loopback port, in a thread of this process."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            assert time.time() - t0 < 30 and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def test_concurrent_requests_are_batched(engine):
     import httpx
 
@@ -548,7 +521,7 @@ def test_concurrent_requests_are_batched(engine):
                                      limits=httpx.Limits(max_connections=60)) as c:
             return await asyncio.gather(*(c.post("/v1/ner", json={"text": t}) for t in texts))
 
-    with _Uvicorn(app) as url:
+    with Uvicorn(app) as url:
         responses = asyncio.run(main(url))
         metrics = httpx.get(url + "/metrics").text
     assert [r.status_code for r in responses] == [200] * 50

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 import torch
 
 from training import checkpoint as ckpt
+from training import config
 from training import data as data_lib
 from training import evaluate as eval_lib
 from training import extra, layerwise, losses, meta, targetcache, trainer
 from training import model as model_lib
+from training.config import ConfigError, check_choice, check_min
 from training.teacher import load_data
 
 METHODS = ("none", "topk", "pos", "struct", "msd")
@@ -60,22 +62,32 @@ class DistillArgs:
     teacher_max_drop: float = field(default=2.0, metadata={"help": "MSD: restore the best teacher when its dev F1 falls more than this many points below the original's"})
     teacher_on_drop: str = field(default="halve", metadata={"help": "MSD: after a restore, halve the teacher lr | stop the meta-updates"})
 
-    def __post_init__(self):  # MSD's own flags; values are checked whatever the method
+    def __post_init__(self):
+        check_choice("method", self.method, METHODS)
+        check_choice("quiz_split", self.quiz_split, ("holdout", "dev"))
+        check_min("student_layers", self.student_layers, 1)
+        check_min("topk", self.topk, 1)
+        check_min("temperature", self.temperature, 0.0, strict=True)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
+        # MSD's own flags: values are checked whatever the method
         meta.MetaConfig(self.kd_loss, pilot_lr=self.pilot_lr,
                         pilot_params=self.pilot_params, meta_grad=self.meta_grad,
                         teacher_anchor=self.teacher_anchor, teacher_anchor_weight=self.teacher_anchor_weight)
-        meta._check_choice("teacher_params", self.teacher_params, meta.TEACHER_PARAMS)
-        meta._check_choice("teacher_on_drop", self.teacher_on_drop, meta.ON_DROP)
-        meta._check_min("teacher_lr", self.teacher_lr, 0.0)
-        meta._check_min("meta_every", self.meta_every, 1)
-        meta._check_min("teacher_max_drop", self.teacher_max_drop, 0.0)
-        meta._check_min("quiz_batch_size", self.quiz_batch_size, 1)
+        check_choice("teacher_params", self.teacher_params, meta.TEACHER_PARAMS)
+        check_choice("teacher_on_drop", self.teacher_on_drop, meta.ON_DROP)
+        check_min("teacher_lr", self.teacher_lr, 0.0)
+        check_min("meta_every", self.meta_every, 1)
+        check_min("teacher_max_drop", self.teacher_max_drop, 0.0)
+        check_min("quiz_batch_size", self.quiz_batch_size, 1)
 
 
 def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     """Evenly spaced teacher layers, always ending with the top one (6 -> 3: [1, 3, 5])."""
     if not 1 <= student_layers <= teacher_layers:
-        raise ValueError(f"--student-layers must be in 1..{teacher_layers}, got {student_layers}")
+        raise ConfigError(f"--student-layers must be in 1..{teacher_layers}, got {student_layers}")
     return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
 
 
@@ -85,7 +97,7 @@ def shrink(model: model_lib.BertCrf, layers: list[int]) -> model_lib.BertCrf:
     base = student.encoder.base_model
     stack = getattr(getattr(base, "encoder", None), "layer", None)
     if stack is None:
-        raise ValueError(f"{type(base).__name__}: cannot find encoder.layer to select layers from; "
+        raise ConfigError(f"{type(base).__name__}: cannot find encoder.layer to select layers from; "
                          "use --student-init with a smaller pretrained encoder")
     base.encoder.layer = torch.nn.ModuleList([stack[i] for i in layers])
     student.encoder.config.num_hidden_layers = len(layers)
@@ -143,25 +155,26 @@ def build_student(dargs: DistillArgs, teacher: model_lib.BertCrf, teacher_tok):
     return student, tok, layers
 
 
-def _fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv=None) -> dict:
+    """``python -m training.distill``: the project's errors (a setting, a data file, a checkpoint) are
+    one ``error:`` line on stderr and exit status 2."""
     try:
-        dargs, largs, targs, xargs = trainer.parse_args(
-            (DistillArgs, layerwise.LayerwiseArgs, trainer.TrainArgs, extra.ExtraArgs), argv)
-        extra.check(xargs, dargs.method, targs.epochs, targs.batch_size)
-        if xargs.teacher_cache and largs.active:
-            raise ValueError("--teacher-cache holds the teacher's CRF targets only; the layer-wise terms need its "
-                             "hidden states every step: drop --teacher-cache or the layer-wise weights")
-    except ValueError as e:  # a dataclass refused a value: one line, exit 2, before any work
-        _fail(str(e))
-    if dargs.method not in METHODS:
-        raise SystemExit(f"error: --method must be one of {METHODS}, got {dargs.method!r}")
-    if dargs.quiz_split not in ("holdout", "dev"):
-        raise SystemExit("error: --quiz-split must be holdout or dev")
+        return train_student(*config.parse_args(
+            (DistillArgs, layerwise.LayerwiseArgs, trainer.TrainArgs, extra.ExtraArgs), argv,
+            prog="python -m training.distill"))
+    except config.ERRORS as e:
+        print(config.error_line(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_student(dargs: DistillArgs, largs: layerwise.LayerwiseArgs, targs: trainer.TrainArgs,
+                  xargs: extra.ExtraArgs) -> dict:
+    """Distil as the arguments say (see the module doc); returns the final metrics. Bad settings are
+    refused (:class:`ConfigError`) before the run directory is touched."""
+    extra.check(xargs, dargs.method, targs.epochs, targs.batch_size)
+    if xargs.teacher_cache and largs.active:
+        raise ConfigError("--teacher-cache holds the teacher's CRF targets only; the layer-wise terms need its "
+                          "hidden states every step: drop --teacher-cache or the layer-wise weights")
     if targs.out == "runs/teacher":  # the TrainArgs default belongs to the teacher
         targs.out = "runs/student"
     kd_method = dargs.kd_loss if dargs.method == "msd" else dargs.method
@@ -171,7 +184,7 @@ def main(argv=None) -> dict:
     trainer.set_threads(targs.threads)
     trainer.setup(targs)  # accelerate: processes, device, mixed precision
     if cfg and targs.mixed_precision == "fp16":
-        trainer._arg_error("--method msd: the teacher's meta-gradient is not loss-scaled; use --mixed-precision bf16")
+        raise ConfigError("--method msd: the teacher's meta-gradient is not loss-scaled; use --mixed-precision bf16")
     if cfg and trainer.world_size() > 1:  # the teacher's gradient is reduced, then clipped, by sync_optimizer
         cfg = dataclasses.replace(cfg, teacher_grad_clip=0.0)
 
@@ -180,12 +193,10 @@ def main(argv=None) -> dict:
         targs.dataset = t_info["args"]["dataset"]
         targs.data_dir = targs.data_dir or t_info["args"].get("data_dir")
     torch.manual_seed(targs.seed)
-    try:  # bad combinations: one line, exit 2, before the run directory is touched
-        student, s_tok, layers = build_student(dargs, teacher, t_tok)
-        same_tok = same_tokenization(s_tok, t_tok)
-        matching, proj = layerwise.setup(largs, student, teacher, same_tok, layer_map) if largs.active else (None, None)
-    except ValueError as e:
-        _fail(str(e))
+    # bad combinations (ConfigError) before the run directory is touched
+    student, s_tok, layers = build_student(dargs, teacher, t_tok)
+    same_tok = same_tokenization(s_tok, t_tok)
+    matching, proj = layerwise.setup(largs, student, teacher, same_tok, layer_map) if largs.active else (None, None)
     student.to(targs.device)
     teacher.eval()
     teacher.requires_grad_(False)  # MSD: meta.MetaTeacher chooses the trained ones
@@ -209,14 +220,12 @@ def main(argv=None) -> dict:
 
     pool = None
     if xargs.active:  # before the run directory is touched
-        try:
-            pool = extra.build(xargs, targs, splits, train, [s_tok, t_tok])
-        except data_lib.DataError as e:
-            _fail(str(e))
+        pool = extra.build(xargs, targs, splits, train, [s_tok, t_tok])
     out = trainer.prepare_run_dir(targs)
     last = out / ckpt.LAST
     if cfg and targs.resume and (last / "trainer_state.json").exists() and not (last / "teacher_best").is_dir():
-        _fail(f"{out} was trained by an older MSD (no teacher-guard state in {last}); use --overwrite to start it again")
+        raise ConfigError(f"{out} was trained by an older MSD (no teacher-guard state in {last}); "
+                          "use --overwrite to start it again")
     train_s, train_t = enc_pair(train)
     print(f"train: {data_lib.truncation_report(train_s)}")
     dev_s = data_lib.encode(splits.dev, s_tok, label2id, max_length=targs.max_length)

@@ -17,6 +17,7 @@ from seqeval.metrics import classification_report
 from training import backend
 from training import checkpoint as ckpt
 from training import crf
+from training import corpora
 from training import data as data_lib
 
 METRIC_KEYS = ("precision", "recall", "f1")
@@ -116,7 +117,7 @@ def evaluate(model, encoded, sentences, batch_size: int = 64, device="cpu", dist
 
 def evaluate_sentences(model, tok, sentences, max_length: int, batch_size: int = 64, device="cpu") -> dict:
     """Check the tags against the model's labels, tokenize and :func:`evaluate` raw sentences."""
-    data_lib.check_tags(sentences, model.labels)
+    corpora.check_tags(sentences, model.labels)
     enc = data_lib.encode(sentences, tok, {l: i for i, l in enumerate(model.labels)}, max_length=max_length)
     return evaluate(model, enc, sentences, batch_size, device)
 
@@ -133,7 +134,7 @@ def format_table(metrics: dict, title: str = "") -> str:
 def main(argv=None) -> int:
     from training import model as model_lib
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("run", help="run directory or checkpoint (e.g. runs/teacher)")
     ap.add_argument("--split", default="test", choices=["train", "dev", "test"])
     ap.add_argument("--dataset", default=None, help="dataset name or folder (default: the one it was trained on)")
@@ -147,14 +148,15 @@ def main(argv=None) -> int:
 
     try:
         model, tok, info = model_lib.load(args.run)
-    except ckpt.CheckpointError as e:
+        targs = info.get("args", {})
+        name = args.dataset or targs.get("dataset", "default")
+        data_dir = args.data_dir or (targs.get("data_dir") if args.dataset is None else None)
+        splits = corpora.load_dataset(name, data_dir=data_dir)
+        sentences = getattr(splits, args.split)
+        corpora.check_tags(sentences, model.labels)
+    except (ckpt.CheckpointError, corpora.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    targs = info.get("args", {})
-    name = args.dataset or targs.get("dataset", "default")
-    data_dir = args.data_dir or (targs.get("data_dir") if args.dataset is None else None)
-    splits = data_lib.load_dataset(name, data_dir=data_dir)
-    sentences = getattr(splits, args.split)
     max_len = args.max_length or targs.get("max_length", 128)
     m = evaluate_sentences(model, tok, sentences, max_len, args.batch_size)
     m["dataset"] = splits.name

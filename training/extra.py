@@ -6,11 +6,11 @@ join the batches.
 
 Sources (``--unlabeled A,B,...``, read in that order; their tags, if any, are dropped):
 
-* a dataset name of :func:`training.data.load_dataset` (``conll2003``, ``wikiann``, ``conll2000``,
+* a dataset name of :func:`training.corpora.load_dataset` (``conll2003``, ``wikiann``, ``conll2000``,
   ``default``), read from ``--data-dir`` by its loader: the train split, or ``NAME:dev`` /
   ``NAME:test`` / ``NAME:train``;
 * a CoNLL file (token in the first column, other columns ignored, read by
-  :func:`training.data.read_conll`), recognised by ``-DOCSTART-`` lines, by a tag (``O``, ``B-X``,
+  :func:`training.corpora.read_conll`), recognised by ``-DOCSTART-`` lines, by a tag (``O``, ``B-X``,
   ``I-X``) last on every line, or by one token per line with blank lines between sentences;
 * otherwise a text file, one sentence per line, split into words by ``serving.engine.split_words``
   -- the splitter the server applies to raw text, so the student distils on words cut the way it
@@ -50,9 +50,11 @@ from pathlib import Path
 
 import torch
 
+from training import corpora
 from training import data as data_lib
 from training import losses
-from training.data import DataError, Sentence
+from training.config import ConfigError
+from training.corpora import DataError, Sentence
 
 AUGMENT_KINDS = ("mention-swap", "mask")
 SPLITS = {"train": "train", "dev": "dev", "valid": "dev", "test": "test"}
@@ -71,17 +73,17 @@ class ExtraArgs:
     def __post_init__(self):
         unknown = [k for k in self.kinds if k not in AUGMENT_KINDS]
         if unknown:
-            raise ValueError(f"--augment: unknown kind {unknown[0]!r} (known: {', '.join(AUGMENT_KINDS)})")
+            raise ConfigError(f"--augment: unknown kind {unknown[0]!r} (known: {', '.join(AUGMENT_KINDS)})")
         if self.unlabeled is not None and not all(self.unlabeled.split(",")):
-            raise ValueError(f"--unlabeled: empty name in {self.unlabeled!r}")
+            raise ConfigError(f"--unlabeled: empty name in {self.unlabeled!r}")
         if not 0.0 < self.extra_share < 1.0:
-            raise ValueError(f"--extra-share must be in (0, 1), got {self.extra_share}")
+            raise ConfigError(f"--extra-share must be in (0, 1), got {self.extra_share}")
         if self.augment_copies < 1:
-            raise ValueError(f"--augment-copies must be >= 1, got {self.augment_copies}")
+            raise ConfigError(f"--augment-copies must be >= 1, got {self.augment_copies}")
         if not 0.0 < self.mask_rate <= 1.0:
-            raise ValueError(f"--mask-rate must be in (0, 1], got {self.mask_rate}")
+            raise ConfigError(f"--mask-rate must be in (0, 1], got {self.mask_rate}")
         if self.stage1_epochs < 0 or (self.stage1_epochs and not self.active):
-            raise ValueError("--stage1-epochs needs a value >= 0 and extra text (--unlabeled or --augment)")
+            raise ConfigError("--stage1-epochs needs a value >= 0 and extra text (--unlabeled or --augment)")
 
     @property
     def kinds(self) -> list[str]:
@@ -93,18 +95,18 @@ class ExtraArgs:
 
 
 def check(xargs: ExtraArgs, method: str, epochs: int, batch_size: int) -> None:
-    """Refuse settings that only make sense together (ValueError, one line)."""
+    """Refuse settings that only make sense together (ConfigError, one line)."""
     if xargs.teacher_cache and method in ("none", "msd"):
-        raise ValueError(f"--teacher-cache needs a frozen teacher and a KD method (not {method})")
+        raise ConfigError(f"--teacher-cache needs a frozen teacher and a KD method (not {method})")
     if not xargs.active:
         return
     if method == "none":
-        raise ValueError("extra text (--unlabeled, --augment) needs a KD method: its loss is KD only, "
-                         "and --method none has none")
+        raise ConfigError("extra text (--unlabeled, --augment) needs a KD method: its loss is KD only, "
+                          "and --method none has none")
     if batch_size < 2:
-        raise ValueError("extra text needs --batch-size >= 2 (labelled and extra sentences share each batch)")
+        raise ConfigError("extra text needs --batch-size >= 2 (labelled and extra sentences share each batch)")
     if xargs.stage1_epochs >= epochs:
-        raise ValueError(f"--stage1-epochs ({xargs.stage1_epochs}) must be below --epochs ({epochs})")
+        raise ConfigError(f"--stage1-epochs ({xargs.stage1_epochs}) must be below --epochs ({epochs})")
 
 
 def split_sizes(batch_size: int, share: float) -> tuple[int, int]:
@@ -122,7 +124,7 @@ def _words(text: str) -> list[str]:
 
 def sniff(path) -> str:
     """``conll`` or ``text`` (see the module doc); DataError for an empty file or none of them."""
-    text = data_lib.read_text(path)
+    text = corpora.read_text(path)
     lines = text.splitlines()
     content = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
     if not content:
@@ -140,7 +142,7 @@ def sniff(path) -> str:
             raise DataError(f"{path}: looks like JSON; {known}")
     docstart = any(line.startswith("-DOCSTART-") for _, line in content)
     fields = [(i, line.split()) for i, line in content if not line.startswith("-DOCSTART-")]
-    tagged = [len(f) >= 2 and bool(data_lib._TAG_RE.match(f[-1])) for _, f in fields]
+    tagged = [len(f) >= 2 and bool(corpora._TAG_RE.match(f[-1])) for _, f in fields]
     if docstart or all(tagged) or (all(len(f) == 1 for _, f in fields) and len(content) < len(lines)):
         return "conll"
     if sum(tagged) > len(tagged) / 2:
@@ -155,8 +157,8 @@ def read_file(path) -> tuple[list[Sentence], str]:
     path = Path(path)
     fmt = sniff(path)
     if fmt == "conll":
-        return data_lib.read_conll(path, tag_col=None), fmt
-    sents = [Sentence(w, ["O"] * len(w)) for w in map(_words, data_lib.read_text(path).splitlines()) if w]
+        return corpora.read_conll(path, tag_col=None), fmt
+    sents = [Sentence(w, ["O"] * len(w)) for w in map(_words, corpora.read_text(path).splitlines()) if w]
     if not sents:
         raise DataError(f"{path}: no words in any line")
     return sents, fmt
@@ -165,10 +167,10 @@ def read_file(path) -> tuple[list[Sentence], str]:
 def read_source(spec: str, data_dir=None) -> tuple[list[Sentence], str]:
     """One ``--unlabeled`` item: a dataset (``NAME`` or ``NAME:split``) or a file. Tags become ``O``."""
     name, _, split = spec.partition(":")
-    if name in data_lib.DATASET_NAMES or name == "wikiann_en":
+    if name in corpora.DATASET_NAMES or name == "wikiann_en":
         if split and split not in SPLITS:
             raise DataError(f"--unlabeled {spec}: unknown split {split!r} (train, dev, test)")
-        sents = getattr(data_lib.load_dataset(name, data_dir=data_dir), SPLITS[split or "train"])
+        sents = getattr(corpora.load_dataset(name, data_dir=data_dir), SPLITS[split or "train"])
         return [Sentence(s.words, ["O"] * len(s.words)) for s in sents], f"{name}:{SPLITS[split or 'train']}"
     path = Path(spec)
     if path.is_file():
@@ -176,7 +178,7 @@ def read_source(spec: str, data_dir=None) -> tuple[list[Sentence], str]:
         return sents, f"{path} ({fmt})"
     what = "a directory, not a file" if path.is_dir() else "no such file"
     raise DataError(f"--unlabeled {spec}: {what}, and not a dataset name "
-                    f"({', '.join(n for n in data_lib.DATASET_NAMES if n != 'default')}, default)")
+                    f"({', '.join(n for n in corpora.DATASET_NAMES if n != 'default')}, default)")
 
 
 # ---------------------------------------------------------------------------- augmentation
@@ -266,7 +268,7 @@ def build(xargs: ExtraArgs, targs, splits, train: list[Sentence], tokenizers) ->
             got = mask_words(train, xargs.augment_copies, xargs.mask_rate, mask_token(tokenizers), targs.seed)
         sents += got
         info["augmented"][kind] = len(got)
-    full = splits if not targs.limit_eval else data_lib.load_dataset(targs.dataset, data_dir=targs.data_dir)
+    full = splits if not targs.limit_eval else corpora.load_dataset(targs.dataset, data_dir=targs.data_dir)
     sents, dropped = drop_overlap(sents, full.dev + full.test)
     if not sents:
         raise DataError("no extra sentence left (every one is in dev or test, or augmentation made none)")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from training.config import ConfigError
 from training.model import Potentials
 
 
@@ -40,7 +41,7 @@ class LayerwiseArgs:
         for name in ("hidden_weight", "attn_weight", "emission_weight"):
             v = getattr(self, name)
             if not v >= 0:  # also NaN
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
 
     @property
     def active(self) -> bool:
@@ -128,23 +129,23 @@ class Matching:
 
 
 def setup(args: LayerwiseArgs, student, teacher, same_tokenizer: bool, layer_map):
-    """Check that the terms asked for apply to this pair (ValueError otherwise) and build the
+    """Check that the terms asked for apply to this pair (ConfigError otherwise) and build the
     projections. ``layer_map(teacher_layers, student_layers)``: the teacher layers the student's
     come from (``distill.layer_map``: exact for a student shrunk from the teacher, evenly spaced
     for ``--student-init``). Returns (Matching, Projections or None)."""
     if student.num_layers > teacher.num_layers:
-        raise ValueError(f"layer-wise terms need a student no deeper than its teacher "
-                         f"({student.num_layers} vs {teacher.num_layers} layers)")
+        raise ConfigError(f"layer-wise terms need a student no deeper than its teacher "
+                          f"({student.num_layers} vs {teacher.num_layers} layers)")
     teacher_layers = layer_map(teacher.num_layers, student.num_layers)
     if args.attn_weight > 0:
         if not same_tokenizer:
-            raise ValueError("--attn-weight needs the student and the teacher to share a tokenizer "
-                             "(attention is compared sub-token by sub-token); use --attn-weight 0")
+            raise ConfigError("--attn-weight needs the student and the teacher to share a tokenizer "
+                              "(attention is compared sub-token by sub-token); use --attn-weight 0")
         for i, t in enumerate(teacher_layers):
             hs, ht = student.self_attention(i).num_attention_heads, teacher.self_attention(t).num_attention_heads
             if hs != ht:
-                raise ValueError(f"--attn-weight needs equal attention head counts: student layer {i} has {hs} "
-                                 f"heads, teacher layer {t} has {ht}; use --attn-weight 0")
+                raise ConfigError(f"--attn-weight needs equal attention head counts: student layer {i} has {hs} "
+                                  f"heads, teacher layer {t} has {ht}; use --attn-weight 0")
     projections = None
     ws, wt = student.encoder.config.hidden_size, teacher.encoder.config.hidden_size
     if args.hidden_weight > 0 and ws != wt:

@@ -54,6 +54,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from training import losses
+from training.config import ConfigError, check_choice, check_min
 from training.model import Potentials
 
 PILOT_PARAMS = ("all", "top", "head")
@@ -86,16 +87,6 @@ def teacher_parameter_names(teacher, which: str) -> set[str]:
     return _part_names(teacher, which, {n for n, _ in teacher.named_parameters() if ".embeddings." not in n})
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_min(name: str, value, low, strict: bool = False) -> None:
-    if value is not None and (value < low or (strict and value == low) or value != value):
-        raise ValueError(f"--{name.replace('_', '-')} must be {'>' if strict else '>='} {low:g}; got {value!r}")
-
-
 @dataclass
 class MetaConfig:
     kd_loss: str = "pos"
@@ -109,14 +100,14 @@ class MetaConfig:
     teacher_anchor_weight: float = 0.05
 
     def __post_init__(self):
-        _check_choice("pilot_params", self.pilot_params, PILOT_PARAMS)
-        _check_choice("meta_grad", self.meta_grad, META_GRADS)
-        _check_choice("teacher_anchor", self.teacher_anchor, ANCHORS)
-        _check_min("teacher_anchor_weight", self.teacher_anchor_weight, 0.0)
-        _check_min("pilot_lr", self.pilot_lr, 0.0)
+        check_choice("pilot_params", self.pilot_params, PILOT_PARAMS)
+        check_choice("meta_grad", self.meta_grad, META_GRADS)
+        check_choice("teacher_anchor", self.teacher_anchor, ANCHORS)
+        check_min("teacher_anchor_weight", self.teacher_anchor_weight, 0.0)
+        check_min("pilot_lr", self.pilot_lr, 0.0)
         if self.kd_loss not in losses.DIFFERENTIABLE:
-            raise ValueError(f"MSD needs a KD loss that is differentiable in the teacher "
-                             f"({', '.join(losses.DIFFERENTIABLE)}), got {self.kd_loss!r}")
+            raise ConfigError(f"MSD needs a KD loss that is differentiable in the teacher "
+                              f"({', '.join(losses.DIFFERENTIABLE)}), got {self.kd_loss!r}")
 
 
 # ---------------------------------------------------------------- the pilot loss as a list of terms
@@ -416,10 +407,10 @@ class MetaTeacher:
                  max_drop: float = 2.0, on_drop: str = "halve"):
         from training import trainer
 
-        _check_choice("teacher_params", params, TEACHER_PARAMS)
-        _check_choice("teacher_on_drop", on_drop, ON_DROP)
-        _check_min("meta_every", meta_every, 1)
-        _check_min("teacher_lr", lr, 0.0)
+        check_choice("teacher_params", params, TEACHER_PARAMS)
+        check_choice("teacher_on_drop", on_drop, ON_DROP)
+        check_min("meta_every", meta_every, 1)
+        check_min("teacher_lr", lr, 0.0)
         self.teacher, self.cfg, self.meta_every = teacher, cfg, meta_every
         names = teacher_parameter_names(teacher, params)
         for n, p in teacher.named_parameters():

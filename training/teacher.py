@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from training import config, corpora
 from training import data as data_lib
 from training import model as model_lib
 from training import trainer
+from training.config import ConfigError
 
 
 @dataclass
@@ -21,10 +23,14 @@ class ModelArgs:
     model: str = field(default="default", metadata={"help": "encoder: 'default' (packaged all-MiniLM-L6-v2), a local HF folder or a hub name"})
     dropout: float | None = field(default=None, metadata={"help": "classifier dropout (default: the encoder's hidden dropout)"})
 
+    def __post_init__(self):
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
 
 def load_data(args: trainer.TrainArgs, labels: list[str] | None = None):
     """Load the named dataset, applying --limit-train / --limit-eval."""
-    splits = data_lib.load_dataset(args.dataset, data_dir=args.data_dir)
+    splits = corpora.load_dataset(args.dataset, data_dir=args.data_dir)
     if args.limit_train:
         splits.train = splits.train[: args.limit_train]
     if args.limit_eval:
@@ -32,7 +38,7 @@ def load_data(args: trainer.TrainArgs, labels: list[str] | None = None):
         splits.test = splits.test[: args.limit_eval]
     if labels is not None:
         for part in (splits.train, splits.dev, splits.test):
-            data_lib.check_tags(part, labels)
+            corpora.check_tags(part, labels)
     return splits
 
 
@@ -46,11 +52,22 @@ def encode_splits(splits, tokenizer, labels, max_length):
 
 
 def main(argv=None) -> dict:
-    margs, targs = trainer.parse_args((ModelArgs, trainer.TrainArgs), argv)
+    """``python -m training.teacher``: the project's errors (a setting, a data file, a checkpoint) are
+    one ``error:`` line on stderr and exit status 2."""
+    try:
+        return train_teacher(*config.parse_args((ModelArgs, trainer.TrainArgs), argv, prog="python -m training.teacher"))
+    except config.ERRORS as e:
+        print(config.error_line(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_teacher(margs: ModelArgs, targs: trainer.TrainArgs) -> dict:
+    """Fine-tune as the arguments say; returns the final metrics. Bad data is refused before the run
+    directory is touched."""
     trainer.set_threads(targs.threads)
     trainer.setup(targs)  # accelerate: processes, device, mixed precision
-    out = trainer.prepare_run_dir(targs)
     splits = load_data(targs)
+    out = trainer.prepare_run_dir(targs)
     print(f"dataset {splits.name} ({splits.source}): {len(splits.train)} train / {len(splits.dev)} dev / "
           f"{len(splits.test)} test sentences, {len(splits.labels)} labels")
 

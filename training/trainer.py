@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 
 from training import checkpoint as ckpt
 from training import evaluate as eval_lib
+from training.config import ConfigError, check_choice, check_min
 
 
 @dataclass
@@ -73,78 +73,25 @@ class TrainArgs:
     patience: int = field(default=0, metadata={"help": "stop after this many epochs without a dev F1 improvement (0: never)"})
 
     def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "log_every", "threads",
+                     "limit_train", "limit_eval"):
+            check_min(name, getattr(self, name), 1)
+        for name in ("lr", "head_lr", "weight_decay"):
+            check_min(name, getattr(self, name), 0.0)
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio}")
         if self.patience < 0:
-            raise ValueError(f"--patience must be >= 0 (0: no early stop), got {self.patience}")
+            raise ConfigError(f"--patience must be >= 0 (0: no early stop), got {self.patience}")
+        if self.mixed_precision is not None:
+            check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(f"--device: unknown device {self.device!r} (auto, cpu, cuda, cuda:N)") from None
 
 
-RECIPES = Path(__file__).parent / "recipes"
-
-
-def parse_args(dataclass_types, argv=None):
-    """Dataclass arguments from the command line, and from a JSON file: ``--config FILE.json`` or
-    ``--recipe NAME`` (= ``--config training/recipes/NAME.json``). Keys are flag names (dashes or
-    underscores); keys starting with ``_`` (``"_comment"``) are ignored. Command-line flags override
-    the file wherever they stand. Bad arguments (an unknown key or recipe, a value the argument
-    dataclasses refuse): one line ``error: ...`` on stderr and exit 2."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        argv, path = _pop_config(argv)
-        if path is not None:
-            cfg = _read_config(path)
-            known = {f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)}
-            if unknown := sorted(set(cfg) - known):
-                raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} (not flags of this command)")
-            try:  # the file alone: values the dataclasses refuse
-                parser.parse_dict(cfg)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{path}: {e}") from None
-            parser.set_defaults(**cfg)  # JSON values as they are (false, null, lists); flags override
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _pop_config(argv: list[str]) -> tuple[list[str], Path | None]:
-    """Remove ``--config FILE`` / ``--recipe NAME`` (also ``--flag=value``) from argv; the file's path."""
-    found, rest, i = [], [], 0
-    while i < len(argv):
-        flag, eq, value = argv[i].partition("=")
-        if flag in ("--config", "--recipe"):
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ValueError(f"{flag} needs a value")
-                value, i = argv[i + 1], i + 1
-            found.append((flag, value))
-        else:
-            rest.append(argv[i])
-        i += 1
-    if len(found) > 1:
-        raise ValueError("give one --config or --recipe, not several")
-    if not found:
-        return rest, None
-    flag, value = found[0]
-    if flag == "--config":
-        return rest, Path(value)
-    available = sorted(p.stem for p in RECIPES.glob("*.json"))
-    if value not in available:
-        raise ValueError(f"unknown recipe {value!r}; available: {', '.join(available) or 'none'}")
-    return rest, RECIPES / f"{value}.json"
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        cfg = json.loads(path.read_text())
-    except OSError as e:
-        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: a config file holds one JSON object of flag names and values")
-    return {k.replace("-", "_"): v for k, v in cfg.items() if not k.startswith("_")}
+PRECISIONS = ("no", "bf16", "fp16")
 
 
 def make_optimizer(model, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -234,12 +181,6 @@ class _Dist:
 
 
 _DIST = _Dist()
-PRECISIONS = ("no", "bf16", "fp16")
-
-
-def _arg_error(msg: str):
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def setup(args: TrainArgs):
@@ -253,27 +194,22 @@ def setup(args: TrainArgs):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if args.mixed_precision is not None and args.mixed_precision not in PRECISIONS:
-        _arg_error(f"--mixed-precision must be one of {', '.join(PRECISIONS)}, got {args.mixed_precision!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.device == "auto":
         cpu = not torch.cuda.is_available()
     else:
-        try:
-            kind = torch.device(args.device).type
-        except RuntimeError:
-            _arg_error(f"--device: unknown device {args.device!r} (auto, cpu, cuda, cuda:N)")
+        kind = torch.device(args.device).type  # a valid device name: checked by TrainArgs
         if world > 1 and args.device not in ("cpu", "cuda"):
-            _arg_error(f"--device {args.device}: with several processes use auto, cpu or cuda "
-                       "(each process takes its own GPU)")
+            raise ConfigError(f"--device {args.device}: with several processes use auto, cpu or cuda "
+                              "(each process takes its own GPU)")
         if kind == "cuda" and not torch.cuda.is_available():
-            _arg_error(f"--device {args.device}: CUDA is not available")
+            raise ConfigError(f"--device {args.device}: CUDA is not available")
         cpu = kind == "cpu"
     AcceleratorState._reset_state()  # another run in this process may use another precision
     acc = Accelerator(mixed_precision=args.mixed_precision, cpu=cpu)
     device = acc.device if world > 1 or args.device == "auto" else torch.device(args.device)
     if acc.mixed_precision == "fp16" and device.type == "cpu":
-        _arg_error("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
+        raise ConfigError("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
     args.device, args.mixed_precision = str(device), acc.mixed_precision
     _DIST.accelerator, _DIST.device, _DIST.share = acc, device, 1.0
     return acc
@@ -410,10 +346,8 @@ def prepare_run_dir(args: TrainArgs) -> Path:
     Several processes: all check, then the main process alone replaces/creates the directory."""
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {out} already exists. Use --resume to continue it, --overwrite to replace it, "
-            f"or --out to choose another directory."
-        )
+        raise ConfigError(f"{out} already exists. Use --resume to continue it, --overwrite to replace it, "
+                          f"or --out to choose another directory.")
     barrier()
     if is_main():
         if out.exists() and args.overwrite and not args.resume:
@@ -501,8 +435,8 @@ def run(fit: Fit) -> dict:
             ckpt.recover(out / name)
     barrier()
     if args.resume and not (out / ckpt.LAST).exists() and (out / ckpt.BEST).exists():
-        raise SystemExit(f"error: {out} has a best/ checkpoint but no last/ resume state; "
-                         "use --overwrite to start again")
+        raise ConfigError(f"{out} has a best/ checkpoint but no last/ resume state; "
+                          "use --overwrite to start again")
     say = print if main else (lambda *a, **k: None)
     if args.resume and (out / ckpt.LAST / "trainer_state.json").exists():
         state = _load_state(fit, out / ckpt.LAST)  # the state is global: resumable by any number of processes
