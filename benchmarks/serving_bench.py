@@ -545,13 +545,18 @@ def main(argv=None) -> int:
 
     from export import format as fmt
     from benchmarks.texts import load_sentences
+    from training.corpora import DataError
 
+    try:
+        sentences, source = load_sentences(args.texts, args.data)
+    except DataError as e:  # a missing, malformed or non-UTF-8 --data file: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         manifest = fmt.read_manifest(args.export_dir)
     except fmt.ExportFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sentences, source = load_sentences(args.texts, args.data)
     texts = [" ".join(s) for s in sentences]
     n_words = sum(len(s) for s in sentences)
     export_dir = str(Path(args.export_dir).resolve())

@@ -34,6 +34,7 @@ from benchmarks.texts import load_sentences
 from export.format import PRECISIONS
 from serving import badinput
 from serving.server import Settings
+from training.corpora import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_CLIENTS = 1000
@@ -264,7 +265,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving_load"),
                     help="output path prefix (.json and .md are appended)")
     args = ap.parse_args(argv)
-    sentences, source = load_sentences(args.texts, args.data, allow_training_import=False)
+    try:
+        sentences, source = load_sentences(args.texts, args.data, allow_training_import=False)
+    except DataError as e:  # a missing, malformed or non-UTF-8 --data file: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     texts = [" ".join(s) for s in sentences]
     info = machine()  # before the server starts: the load average is the machine's, not ours
     port = free_port()

@@ -60,3 +60,18 @@ def test_bench_sweep_tiny(export_dir, tmp_path):
     assert all("error" not in r and r["throughput"]["32"]["sentences_per_s"] > 0 for r in rep["sweep"]["int8"].values())
     assert "io_binding=on" in (tmp_path / "sweep.md").read_text()
     assert bench.main([str(tmp_path / "nope"), "--gemm-seconds", "0"]) == 2
+
+
+@pytest.mark.parametrize("module", ["serving_bench", "serving_load"])
+@pytest.mark.parametrize("content", [None, b"EU B-ORG\nrejects\xff O\n"])
+def test_bad_data_file_is_one_error_line(module, content, tmp_path, capsys):
+    """A missing or non-UTF-8 --data file: one `error:` line naming the file, exit 2, no traceback."""
+    import importlib
+
+    mod = importlib.import_module(f"benchmarks.{module}")
+    data = tmp_path / "texts.conll"
+    if content is not None:
+        data.write_bytes(content)
+    assert mod.main([str(tmp_path / "no-export"), "--data", str(data), "--texts", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0], err
