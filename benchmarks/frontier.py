@@ -3,7 +3,7 @@
     python -m benchmarks.frontier --runs 'runs/full/conll2003/*' [--teacher RUN] [--depths 1,2,3,4]
                                   [--dataset conll2003] [--data-dir ../shared/data] [--split test]
                                   [--precisions fp32,int8] [--texts 500] [--latency-texts 100]
-                                  [--threads N] [--device cpu|cuda] [--calibration-size 256]
+                                  [--threads N] [--device cpu|cuda] [--calibration-size 1024]
                                   [--gemm-seconds 3] [--out benchmarks/results/frontier]
 
 For every run (a run directory or checkpoint; shell globs are expanded; the teacher is the run
@@ -108,6 +108,8 @@ def validate(args) -> dict:
     bad = [p for p in precisions if p not in fmt.PRECISIONS]
     if bad or not precisions:
         raise FrontierError(f"--precisions {args.precisions!r}: use some of {', '.join(fmt.PRECISIONS)}")
+    if args.calibration_size is None:
+        args.calibration_size = exp.DEFAULT_CALIBRATION_SIZE
     if "fp32" not in precisions:
         precisions.insert(0, "fp32")  # the teacher's F1 and the reference agreement come from fp32
     for name in ("texts", "latency_texts", "threads", "calibration_size", "gemm_tokens"):
@@ -343,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32, int8, int8-dynamic")
     ap.add_argument("--optimize", action="store_true", help="export with ONNX Runtime's transformer fusions")
     ap.add_argument("--calibration", default=None, help="static int8 calibration sentences (default: train split)")
-    ap.add_argument("--calibration-size", type=int, default=256)
+    ap.add_argument("--calibration-size", type=int, default=None,
+                    help="static int8: sentences sampled from the train split (default: export.onnx's)")
     ap.add_argument("--int8-keep-fp32", action="append", default=None, metavar="REGEX",
                     help="static int8: node-name patterns left in fp32 (default: export.onnx's)")
     ap.add_argument("--texts", type=int, default=500, help="sentences for the speed measurements")

@@ -3,7 +3,7 @@
     python -m export.onnx RUN_OR_CHECKPOINT [--out DIR] [--opset N] [--optimize] [--max-length 128]
                           [--quantize int8] [--quantize int8-dynamic]
                           [--calibration FILE | --calibration-dataset NAME [--data-dir D]]
-                          [--calibration-size 256] [--int8-keep-fp32 REGEX ...]
+                          [--calibration-size 1024] [--int8-keep-fp32 REGEX ...]
 
 The encoder + token-classification head (a plain ``AutoModelForTokenClassification`` folder) is
 exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
@@ -135,7 +135,9 @@ CALIBRATION_METHODS = ("minmax",)
 # down-projection, whose input (the GELU output) has the heavy tail that a per-tensor uint8 scale
 # handles worst (see the README for the measurement that chose this)
 DEFAULT_KEEP_FP32 = (r"layer\.\d+/output/dense",)
-DEFAULT_CALIBRATION_SIZE = 256
+# 1024: chosen on CoNLL-2003 dev with the full-budget 3-layer student (static int8 -0.36 F1 below fp32 with 256
+# sentences, -0.18 with 1024; the README has the figures)
+DEFAULT_CALIBRATION_SIZE = 1024
 CALIBRATION_SEED = 0
 
 
