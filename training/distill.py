@@ -268,7 +268,8 @@ def train_student(dargs: DistillArgs, largs: layerwise.LayerwiseArgs, targs: tra
         def new_quiz_stream(epoch):  # a function of (seed, epoch) only, so --resume is exact
             def cycle():
                 for c in itertools.count():
-                    yield from paired_batches(quiz_s, quiz_t, qbs, True, targs.seed * 1000 + epoch * 100 + c)
+                    yield from paired_batches(quiz_s, quiz_t, qbs, True, targs.seed * 1000 + epoch * 100 + c,
+                                                targs.bucket)  # like the training batches: less padding
             quiz["it"] = cycle()
 
     def teacher_targets(t_batch, t_pot=None):
