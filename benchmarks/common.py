@@ -1,4 +1,5 @@
-"""What the benchmarks share: a free loopback port, percentiles, process memory and the machine description."""
+"""What the benchmarks share: a free loopback port, percentiles, process memory, the machine description and
+matplotlib without a screen."""
 
 from __future__ import annotations
 
@@ -63,3 +64,15 @@ def machine() -> dict:
         load = None
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "onnxruntime": ort_version, "loadavg_at_start": load}
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no screen), or ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

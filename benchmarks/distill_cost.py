@@ -4,7 +4,7 @@
 
 ``msd`` is MSD with ``training.distill``'s default settings (read from ``DistillArgs``: factorised
 meta-gradient, a meta step every ``--meta-every`` student steps, teacher anchor, ...); ``msd-every1``
-the same with a meta step before every student step; ``msd-second-order`` the second-order
+(``msd-every3``) the same with a meta step before every (every third) student step; ``msd-second-order`` the second-order
 meta-gradient before every step (the previous default).
 
 Times come from one process that runs every method round-robin on the same batches (whatever else the
@@ -31,8 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("none", "topk", "pos", "struct", "msd", "msd-every1", "msd-second-order")
-MSD_VARIANTS = {"msd": {}, "msd-every1": {"meta_every": 1}, "msd-second-order": {"meta_every": 1, "meta_grad": "second-order"}}
+METHODS = ("none", "topk", "pos", "struct", "msd", "msd-every1", "msd-every3", "msd-second-order")
+MSD_VARIANTS = {"msd": {}, "msd-every1": {"meta_every": 1}, "msd-every3": {"meta_every": 3},
+                "msd-second-order": {"meta_every": 1, "meta_grad": "second-order"}}
 
 
 def _rss_mb() -> float:

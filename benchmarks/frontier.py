@@ -293,12 +293,10 @@ def write_markdown(report: dict, path: Path) -> None:
 
 
 def plot(report: dict, path: Path) -> bool:
-    try:
-        import matplotlib
+    from benchmarks.common import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     pts = [p for p in report["points"] if "error" not in p and p["throughput"].get("32")]
     if not pts:

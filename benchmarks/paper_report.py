@@ -265,11 +265,11 @@ def conclusion(tested: dict[str, Paired], ds: str, name: str = "MSD") -> str:
 
 
 def depth_alpha_sections(rows: list[dict], results: Path, stem: str = "paper") -> list[str]:
-    import matplotlib
+    from benchmarks.common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        raise ImportError("the report's figures need matplotlib (pip install -e '.[dev]')")
     out = []
     c = [r for r in rows if r["dataset"] == "conll2003" and r["method"] != "teacher"
          and r.get("quiz_split", "holdout") == "holdout"]

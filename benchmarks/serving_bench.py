@@ -381,12 +381,10 @@ def write_markdown(report: dict, path: Path) -> None:
 
 
 def plot(report: dict, path: Path) -> bool:
-    try:
-        import matplotlib
+    from benchmarks.common import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     R = {k: v for k, v in report["results"].items() if "error" not in v}
     if not R:
