@@ -289,6 +289,61 @@ def test_non_finite_meta_gradient_skips_the_teacher_step(monkeypatch):
     assert any(not torch.equal(v, before[k]) for k, v in t.state_dict().items())
 
 
+def _skip_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo processes: rank 0's first meta-gradient is NaN, rank 1's is finite."""
+    import datetime
+    import types
+
+    import torch.distributed as dist
+
+    from training import trainer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    trainer._DIST.accelerator = types.SimpleNamespace(num_processes=2, is_main_process=rank == 0)
+    trainer._DIST.device, trainer._DIST.share = torch.device("cpu"), 0.5
+    t, s = _teacher_and_student()
+    cfg = meta.MetaConfig(pilot_lr=0.5, teacher_grad_clip=0.0)  # clipped after the reduction (sync_optimizer)
+    opt = torch.optim.Adam([p for p in t.parameters() if p.requires_grad], lr=1e-2)
+    trainer.sync_optimizer(opt, 1.0)
+    real = meta.anchor_loss
+    if rank == 0:
+        meta.anchor_loss = lambda *a, **k: real(*a, **k) * float("nan")
+    first = meta.teacher_step(s, t, opt, _batch(1), _batch(2), cfg)["teacher_skipped"]
+    meta.anchor_loss = real
+    second = meta.teacher_step(s, t, opt, _batch(1), _batch(2), cfg)["teacher_skipped"]
+    flat = torch.cat([p.detach().reshape(-1) for p in t.parameters()])
+    dist.destroy_process_group()
+    torch.save({"first": first, "second": second, "teacher": flat}, out)
+
+
+def test_a_non_finite_meta_gradient_on_one_process_skips_the_step_on_all(tmp_path):
+    """Two processes: when one process's meta-gradient is not finite, both skip the teacher step (the
+    step's gradient reduction is a collective: a lone skip would leave the other process waiting or
+    pair the wrong reductions) and their teachers stay equal."""
+    import torch.multiprocessing as mp
+
+    from benchmarks.common import free_port
+
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_skip_worker, args=(r, port, outs[r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a process hung in the teacher step"
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (torch.load(o) for o in outs)
+    assert (r0["first"], r1["first"]) == (1.0, 1.0) and (r0["second"], r1["second"]) == (0.0, 0.0)
+    assert torch.equal(r0["teacher"], r1["teacher"])
+    assert not torch.equal(r0["teacher"], torch.cat([p.detach().reshape(-1) for p in _teacher_and_student()[0].parameters()]))
+
+
 @pytest.mark.parametrize("on_drop", meta.ON_DROP)
 def test_guard_restores_the_best_teacher_on_a_drop(on_drop):
     t, s = _teacher_and_student()

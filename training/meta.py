@@ -301,8 +301,8 @@ def meta_gradient(student, teacher, batch, quiz, cfg, original=None):
 def teacher_step(student, teacher, teacher_opt: torch.optim.Optimizer, batch: dict, quiz: dict,
                  cfg: MetaConfig, original=None, keep_forward: bool = False):
     """Steps 1-3: update the teacher by the meta-gradient of the quiz loss (+ the anchor). A non-finite
-    gradient skips the update (``teacher_skipped`` = 1). Returns logs, or (logs, the student's
-    potentials on ``batch`` or None) with ``keep_forward``."""
+    gradient (on any process) skips the update (``teacher_skipped`` = 1) on every process. Returns logs,
+    or (logs, the student's potentials on ``batch`` or None) with ``keep_forward``."""
     t_params = [p for p in teacher.parameters() if p.requires_grad]
     quiz_loss, objective, anchor, s_pot = meta_objective(student, teacher, batch, quiz, cfg, original, keep_forward)
     grads = torch.autograd.grad(objective, t_params, allow_unused=True, materialize_grads=True)
@@ -310,7 +310,10 @@ def teacher_step(student, teacher, teacher_opt: torch.optim.Optimizer, batch: di
     for p, g in zip(t_params, grads):
         p.grad = g
     norm = torch.nn.utils.clip_grad_norm_(t_params, cfg.teacher_grad_clip if cfg.teacher_grad_clip > 0 else float("inf"))
-    skipped = not math.isfinite(float(norm))
+    from training import trainer
+
+    # on several processes all skip or none does: the step's gradient reduction is a collective
+    skipped = trainer.any_process(not math.isfinite(float(norm)))
     if not skipped:
         teacher_opt.step()
     teacher_opt.zero_grad(set_to_none=True)

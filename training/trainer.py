@@ -288,6 +288,19 @@ def reduce_gradients(params, share: float | None = None) -> None:
                 offset += g.numel()
 
 
+def any_process(flag: bool) -> bool:
+    """``flag`` or'ed over the processes: the same answer on every process, so that a decision taken
+    on it (e.g. MSD skipping a non-finite teacher step, whose ``optimizer.step()`` runs a collective)
+    is the same everywhere. A collective itself: every process must call it. ``flag`` on one process."""
+    if world_size() == 1:
+        return bool(flag)
+    import torch.distributed as dist
+
+    t = torch.tensor([float(bool(flag))], device=_DIST.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def sync_optimizer(optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
     """For an optimizer whose gradients are made outside :func:`update` (MSD's teacher): on several
     processes, reduce its parameters' gradients (:func:`reduce_gradients`) and clip them
