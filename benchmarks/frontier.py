@@ -112,7 +112,7 @@ def validate(args) -> dict:
         args.calibration_size = exp.DEFAULT_CALIBRATION_SIZE
     if "fp32" not in precisions:
         precisions.insert(0, "fp32")  # the teacher's F1 and the reference agreement come from fp32
-    for name in ("texts", "latency_texts", "threads", "calibration_size", "gemm_tokens"):
+    for name in ("texts", "latency_texts", "threads", "calibration_size", "gemm_tokens", "repeat"):
         if getattr(args, name) < 1:
             raise FrontierError(f"--{name.replace('_', '-')} must be >= 1")
     if args.limit is not None and args.limit < 1:
@@ -243,7 +243,8 @@ def write_markdown(report: dict, path: Path) -> None:
              f"- {report['gpu']}",
              f"- F1: {report['dataset']} {report['split']} ({report['f1_sentences']} sentences), entity F1 (seqeval) of "
              f"each export through the serving engine; speed: {report['texts']['n']} sentences of the same split "
-             f"(evenly spaced) as raw text, latency on the first {report['latency_texts']}",
+             f"(evenly spaced) as raw text, latency on the first {report['latency_texts']}; "
+             f"{report.get('repeat', 1)} pass(es) per batch size, the median pass reported",
              f"- int8 = static (calibrated) int8: {report['calibration']}"]
     load = m.get("loadavg_at_start")
     if load and load[0] > 0.25 * (m["cpu_count"] or 1):
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gemm-seconds", type=float, default=3.0, help="per precision (0: skip the GEMM limit)")
     ap.add_argument("--gemm-tokens", type=int, default=1024)
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per speed configuration")
+    ap.add_argument("--repeat", type=int, default=3, help="passes over the texts per batch size; the median is reported")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontier"),
                     help="output path prefix (.json, .md, .png)")
     return ap
@@ -405,7 +407,8 @@ def main(argv=None) -> int:
                                        "export_dir": ""}
 
     # 3. speed of every configuration (fresh processes), 4. GEMM limit per encoder shape
-    results = bench.run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout, "frontier")
+    results = bench.run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout, "frontier",
+                                args.repeat)
     limits = {}
     for p in points:
         if "error" in p:
@@ -445,6 +448,7 @@ def main(argv=None) -> int:
             n: r for n, r in results.items() if "error" not in r}) if results else "GPU: not measured",
         "dataset": v["dataset"], "split": args.split, "f1_sentences": len(sentences),
         "texts": {"n": len(texts), "words": n_words}, "latency_texts": min(args.latency_texts, len(texts)),
+        "repeat": args.repeat,
         "precisions": precisions,
         "calibration": "n/a" if calib is None else (
             f"{calib.get('sentences')} sentences, min-max, " +

@@ -54,6 +54,7 @@ import json
 import os
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,23 +170,29 @@ def run_worker(cfg: dict) -> dict:
     predict, size, stages = build(cfg)
     load_s = time.perf_counter() - t0
     predict(texts[:8], 8)  # warm-up (first-run allocations, lazy imports)
+    repeat = max(1, int(cfg.get("repeat", 1)))  # passes over the texts: the median pass is reported
     lat = []
-    for t in texts[: cfg["latency_texts"]]:
-        t1 = time.perf_counter()
-        predict([t], 1)
-        lat.append((time.perf_counter() - t1) * 1000)
+    for _ in range(repeat):
+        for t in texts[: cfg["latency_texts"]]:
+            t1 = time.perf_counter()
+            predict([t], 1)
+            lat.append((time.perf_counter() - t1) * 1000)
     throughput, predictions = {}, None
     if lat:  # batch 1: one text per call, from the latency loop
-        throughput["1"] = {"seconds": round(sum(lat) / 1000, 3), "sentences_per_s": round(1000 * len(lat) / sum(lat), 2),
-                           "texts": len(lat)}
+        throughput["1"] = {"seconds": round(sum(lat) / 1000 / repeat, 3),
+                           "sentences_per_s": round(1000 * len(lat) / sum(lat), 2), "texts": len(lat) // repeat}
     for bs in cfg.get("batch_sizes", BATCH_SIZES):
-        preds = []
-        t1 = time.perf_counter()
-        for i in range(0, len(texts), bs):
-            preds += predict(texts[i:i + bs], bs, f"b{bs}")
-        dt = time.perf_counter() - t1
+        passes = []
+        for _ in range(repeat):
+            preds = []
+            t1 = time.perf_counter()
+            for i in range(0, len(texts), bs):
+                preds += predict(texts[i:i + bs], bs, f"b{bs}")
+            passes.append(time.perf_counter() - t1)
+        dt = statistics.median(passes)
         throughput[str(bs)] = {"seconds": round(dt, 3), "sentences_per_s": round(len(texts) / dt, 2),
-                               "words_per_s": round(n_words / dt, 1)}
+                               "words_per_s": round(n_words / dt, 1),
+                               "passes_sentences_per_s": [round(len(texts) / p, 2) for p in passes]}
         predictions = preds
     peak = peak_rss_bytes()
     out = {"kind": cfg["kind"], "load_seconds": round(load_s, 2), "model_bytes": size, "peak_rss_bytes": peak,
@@ -321,7 +328,8 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{report['machine']['platform']}, Python {report['machine']['python']}, onnxruntime "
              f"{report['machine']['onnxruntime']}; {report['threads']} threads per configuration",
              f"- texts: {report['texts']['n']} sentences, {report['texts']['words']} words, from "
-             f"{report['texts']['source']}; latency on the first {report['latency_texts']}",
+             f"{report['texts']['source']}; latency on the first {report['latency_texts']}; "
+             f"{report.get('repeat', 1)} pass(es) per batch size, the median pass reported",
              f"- export: `{report['export_dir']}`", f"- {report.get('gpu', 'GPU: not measured')}"]
     load = report["machine"].get("loadavg_at_start")
     if load and load[0] > 0.25 * (report["machine"]["cpu_count"] or 1):
@@ -418,9 +426,10 @@ def plot(report: dict, path: Path) -> bool:
 
 
 def run_configs(configs: dict, texts: list[str], n_words: int, threads: int, latency_texts: int,
-                timeout: int = 1800, tag: str = "bench") -> dict:
+                timeout: int = 1800, tag: str = "bench", repeat: int = 1) -> dict:
     """Measure every configuration (``name -> cfg``) in a fresh ``python -m benchmarks.serving_bench --worker``
-    process on the same texts. Returns ``name -> result`` (``{"error": ...}`` for a failed one)."""
+    process on the same texts, ``repeat`` passes per batch size (the median pass is reported; latency
+    percentiles over every pass). Returns ``name -> result`` (``{"error": ...}`` for a failed one)."""
     results = {}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
                OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
@@ -429,7 +438,7 @@ def run_configs(configs: dict, texts: list[str], n_words: int, threads: int, lat
         tfile.write_text(json.dumps({"texts": texts, "words": n_words}))
         for i, (name, c) in enumerate(configs.items()):
             cfg = {**c, "texts_file": str(tfile), "threads": c.get("threads", threads),
-                   "latency_texts": min(latency_texts, len(texts))}
+                   "latency_texts": min(latency_texts, len(texts)), "repeat": repeat}
             cpath, rpath = Path(tmp) / f"{i}.cfg.json", Path(tmp) / f"{i}.result.json"
             cpath.write_text(json.dumps(cfg))
             print(f"[{tag}] {name} ...", flush=True)
@@ -533,12 +542,15 @@ def main(argv=None) -> int:
     ap.add_argument("--gemm-tokens", type=int, default=1024, help="rows of the GEMM (sub-tokens of a batch)")
     ap.add_argument("--sweep", action="store_true", help="time the engine under ONNX Runtime session variants")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="passes over the texts per batch size; the median pass is reported (default 3)")
     ap.add_argument("--out", default=None,
                     help="output path prefix (.json, .md, .png are appended; default benchmarks/results/serving, "
                          "with --sweep benchmarks/results/serving_sweep)")
     args = ap.parse_args(argv)
-    if args.texts < 1 or args.latency_texts < 1 or args.threads < 1 or args.gemm_tokens < 1 or args.gemm_seconds < 0:
-        ap.error("--texts, --latency-texts, --threads, --gemm-tokens must be >= 1 and --gemm-seconds >= 0")
+    if (args.texts < 1 or args.latency_texts < 1 or args.threads < 1 or args.gemm_tokens < 1 or args.repeat < 1
+            or args.gemm_seconds < 0):
+        ap.error("--texts, --latency-texts, --threads, --gemm-tokens, --repeat must be >= 1 and --gemm-seconds >= 0")
     out = Path(args.out or ROOT / "benchmarks" / "results" / ("serving_sweep" if args.sweep else "serving"))
 
     from export import format as fmt
@@ -573,7 +585,8 @@ def main(argv=None) -> int:
             for name, (opts, threads) in variants.items():
                 configs[name] = {"kind": "engine", "precision": prec, "export_dir": export_dir, "device": args.device,
                                  "ort": opts, "threads": threads}
-            sweep[prec] = run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout, "sweep")
+            sweep[prec] = run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout, "sweep",
+                                      args.repeat)
             for name, r in sweep[prec].items():
                 r.pop("predictions", None)
                 if "error" not in r:
@@ -606,7 +619,7 @@ def main(argv=None) -> int:
         wanted = set(args.only.split(","))
         configs = {k: v for k, v in configs.items() if k in wanted}
     configs = {k: {**v, "export_dir": export_dir} for k, v in configs.items()}
-    results = run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout)
+    results = run_configs(configs, texts, n_words, args.threads, args.latency_texts, args.timeout, repeat=args.repeat)
     ref = results.get("engine_fp32", {}).get("predictions")
     for name, r in results.items():
         preds = r.pop("predictions", None)
@@ -625,6 +638,7 @@ def main(argv=None) -> int:
         "teacher": args.teacher, "student_checkpoint": student,
         "texts": {"n": len(texts), "words": n_words, "source": source}, "latency_texts": min(args.latency_texts,
                                                                                           len(texts)),
+        "repeat": args.repeat,
         "gemm_limits": limits, "gpu": gpu_line(args.device, results),
         "results": results, "ratios": ratios, "summary": summary,
     }

@@ -28,9 +28,17 @@ def test_bench_every_precision_and_gemm_fraction(export_dir, tmp_path):
 
     out = tmp_path / "serving"
     rc = bench.main([str(export_dir), "--texts", "6", "--latency-texts", "3", "--threads", "1", "--gemm-seconds", "0.05",
-                     "--gemm-tokens", "16", "--only", "engine_fp32,engine_int8,engine_int8-dynamic", "--out", str(out)])
+                     "--gemm-tokens", "16", "--only", "engine_fp32,engine_int8,engine_int8-dynamic", "--out", str(out),
+                     "--repeat", "2"])
     assert rc == 0
     rep = json.loads((tmp_path / "serving.json").read_text())
+    assert rep["repeat"] == 2
+    for r in rep["results"].values():  # the median of 2 passes is their mean; batch 1 = the latency loop, twice
+        for bs in ("8", "32"):
+            passes = r["throughput"][bs]["passes_sentences_per_s"]
+            assert len(passes) == 2
+            assert r["throughput"][bs]["seconds"] == pytest.approx(sum(6 / p for p in passes) / 2, abs=2e-3)
+        assert r["latency_ms"]["n"] == 6 and r["throughput"]["1"]["texts"] == 3
     assert set(rep["results"]) == {"engine_fp32", "engine_int8", "engine_int8-dynamic"}
     assert set(rep["gemm_limits"]) == {"fp32", "int8"} and rep["gpu"].startswith("GPU: not measured")
     for name, r in rep["results"].items():
@@ -60,6 +68,8 @@ def test_bench_sweep_tiny(export_dir, tmp_path):
     assert all("error" not in r and r["throughput"]["32"]["sentences_per_s"] > 0 for r in rep["sweep"]["int8"].values())
     assert "io_binding=on" in (tmp_path / "sweep.md").read_text()
     assert bench.main([str(tmp_path / "nope"), "--gemm-seconds", "0"]) == 2
+    with pytest.raises(SystemExit):
+        bench.main([str(export_dir), "--repeat", "0"])
 
 
 @pytest.mark.parametrize("module", ["serving_bench", "serving_load"])
