@@ -199,8 +199,8 @@ def run_worker(cfg: dict) -> dict:
            "latency_ms": {**{f"p{q}": round(percentile(lat, q), 3) for q in (50, 95, 99)},
                           "mean": round(sum(lat) / len(lat), 3), "n": len(lat)},
            "throughput": throughput, "predictions": predictions}
-    if stages:
-        out["stages"] = {k: {s: round(v, 4) for s, v in d.items()} for k, d in stages.items()}
+    if stages:  # seconds per pass (the passes' mean), comparable with one pass's throughput
+        out["stages"] = {k: {s: round(v / repeat, 4) for s, v in d.items()} for k, d in stages.items()}
     engine = getattr(predict, "engine", None)
     if engine is not None:  # the encoder work done: FLOPs of the windows the engine ran
         from benchmarks.gemm import encoder_flops, read_config

@@ -39,6 +39,9 @@ def test_bench_every_precision_and_gemm_fraction(export_dir, tmp_path):
             assert len(passes) == 2
             assert r["throughput"][bs]["seconds"] == pytest.approx(sum(6 / p for p in passes) / 2, abs=2e-3)
         assert r["latency_ms"]["n"] == 6 and r["throughput"]["1"]["texts"] == 3
+        # stage seconds are per pass: their total is within the passes' range of wall time
+        passes_s = [6 / p for p in r["throughput"]["32"]["passes_sentences_per_s"]]
+        assert r["stages"]["b32"]["total"] <= max(passes_s) * 1.05
     assert set(rep["results"]) == {"engine_fp32", "engine_int8", "engine_int8-dynamic"}
     assert set(rep["gemm_limits"]) == {"fp32", "int8"} and rep["gpu"].startswith("GPU: not measured")
     for name, r in rep["results"].items():
