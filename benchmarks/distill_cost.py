@@ -70,7 +70,7 @@ def _setup(method: str, teacher_path: str | None, batch_size: int, n_batches: in
     enc = data_lib.encode(train, tok, l2i)
     qenc = data_lib.encode(hold, tok, l2i)
     batches = list(distill.paired_batches(enc, enc, batch_size, True, 0, bucket=True))[:n_batches]
-    quizzes = list(distill.paired_batches(qenc, qenc, batch_size, True, 0, bucket=os.environ.get("QUIZ_BUCKET", "1") == "1"))
+    quizzes = list(distill.paired_batches(qenc, qenc, batch_size, True, 0, bucket=True))  # as training.distill
     opt = trainer.make_optimizer(student, 5e-5, 1e-3, 0.01)
     kd = "pos" if method in MSD_VARIANTS else method
     msd = None
