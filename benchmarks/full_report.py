@@ -16,6 +16,8 @@ import statistics
 
 SINGLE_KD = ("topk", "pos", "struct")
 TARGETS = {3: 0.75, 2: 0.50}  # share of the teacher-student gap the best student of that depth should close
+MSD_MAX_DROP = 2.0  # F1 points: how far below the original the meta-updated teacher's dev F1 may end (issue 15)
+ALPHA_METHODS = ("pos", "struct", "msd")  # Figure 4's methods (--grid alpha_full)
 
 
 def name(r: dict) -> str:
@@ -113,6 +115,122 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
     return out + [""], shares
 
 
+def _sharing(rows: list[dict]) -> str:
+    combos = {}
+    for r in rows:
+        if r.get("threads"):
+            k = (r.get("jobs", 1), r["threads"])
+            combos[k] = combos.get(k, 0) + 1
+    return "; ".join(f"{n} cell(s) run {'alone' if j == 1 else f'{j} at a time'} with {t} thread(s)"
+                     for (j, t), n in sorted(combos.items())) or "not recorded"
+
+
+def _seeds(rs: list[dict]) -> dict:
+    return {r["seed"]: r["test"]["f1"] for r in rs}
+
+
+def msd_targets(table_rows: list[dict]) -> list[str]:
+    """Issue 15's verdicts on the alpha-0.5 table cells: MSD >= none at every depth (no collapse), MSD >= Pos and
+    >= Struct in mean test F1 per dataset at 3 layers, with the paired per-seed differences."""
+    out = []
+    depth = {}
+    for r in table_rows:
+        if r["dataset"] == "conll2003" and name(r) in ("msd", "none"):
+            depth.setdefault(r["layers"], {}).setdefault(name(r), []).append(r)
+    both = sorted(k for k, v in depth.items() if len(v) == 2)
+    if both:
+        diffs = {k: _mean(_f1(depth[k]["msd"])) - _mean(_f1(depth[k]["none"])) for k in both}
+        worst = min(both, key=diffs.get)
+        missing = [k for k in (1, 2, 3, 4) if k not in both]
+        out.append(f"- MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: "
+                   + ", ".join(f"{k} layers {diffs[k]:+.2f}" for k in both)
+                   + f"; target MSD >= none at depths 1-4 (no collapse): **{'met' if diffs[worst] >= 0 else 'not met'}** "
+                   f"at the depths measured" + (f" (not measured yet: {', '.join(map(str, missing))} layers)" if missing else "")
+                   + ".")
+    for ds in sorted({r["dataset"] for r in table_rows}):
+        by = {}
+        for r in table_rows:
+            if r["dataset"] == ds and r["layers"] == 3:
+                by.setdefault(name(r), []).append(r)
+        if "msd" not in by:
+            continue
+        parts, met = [], []
+        for other in ("pos", "struct"):
+            if other in by:
+                d, p = paired(_seeds(by["msd"]), _seeds(by[other]))
+                diff = _mean(_f1(by["msd"])) - _mean(_f1(by[other]))
+                met.append(diff >= 0)
+                parts.append(f"msd − {other} {diff:+.2f} (per seed: {', '.join(f'{x:+.2f}' for x in d) or 'no common seed'}"
+                             + (f", paired p {p:.3f}" if len(d) > 1 else "") + ")")
+        if parts:
+            seeds = len(by["msd"])
+            out.append(f"- MSD vs Pos / Struct, {ds} test, 3 layers ({seeds} MSD seed(s)): {'; '.join(parts)}; target "
+                       f"MSD >= Pos and >= Struct: **{'met' if all(met) else 'not met'}** on what is measured"
+                       + ("" if len(met) == 2 else " (one of the two methods not run on this dataset)") + ".")
+    return out
+
+
+def msd_teacher_section(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The meta-updated teacher of every MSD cell (its dev F1 before and after, restores, skipped meta steps) and
+    the target: it never ends more than ``MSD_MAX_DROP`` F1 points below the original. (lines, summary lines)"""
+    cells = sorted((r for r in rows if r["method"] == "msd" and r.get("msd_teacher")), key=lambda r: r["key"])
+    if not cells:
+        return [], []
+    out = ["## MSD's teacher", "",
+           "Dev F1 of the meta-updated teacher: the original (before), the one saved beside the best student (after), at "
+           f"the last epoch (final) and its best; `--teacher-max-drop` ({MSD_MAX_DROP:g} F1 by default) restores the best "
+           "teacher when it falls further. `python -m benchmarks.msd_teacher --runs RUN` measures how far its weights "
+           "moved.", "",
+           "| cell | before | after | final | best | end − before | restores | skipped / meta steps |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    drops = []
+    for r in cells:
+        t = r["msd_teacher"]
+        end = min(t["dev_f1_after"], t["dev_f1_final"])
+        drops.append(100 * (t["dev_f1_before"] - end))
+        out.append(f"| `{r['key']}` | {100 * t['dev_f1_before']:.2f} | {100 * t['dev_f1_after']:.2f} | "
+                   f"{100 * t['dev_f1_final']:.2f} | {100 * t['dev_f1_best']:.2f} | {100 * (end - t['dev_f1_before']):+.2f} | "
+                   f"{t['restores']} | {t['skipped_steps']} / {t['meta_steps']} |")
+    met = max(drops) <= MSD_MAX_DROP
+    summary = [f"- MSD's teacher: its dev F1 ends at most {max(drops):.2f} F1 below the original "
+               f"({'worst' if max(drops) > 0 else 'it ends above it in every cell'}; {len(cells)} cell(s)); target "
+               f"never more than {MSD_MAX_DROP:g} below: **{'met' if met else 'not met'}**."]
+    return out + [""], summary
+
+
+def alpha_section(rows: list[dict], ds: str = "conll2003", layers: int = 3, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Figure 4 at the full budget: test F1 over alpha per method (seed 0, 3 layers) and the spread (max - min);
+    target: MSD's spread no larger than Pos's. (lines, summary lines)"""
+    by: dict[str, dict] = {}
+    for r in rows:
+        if (r["dataset"] == ds and r.get("layers") == layers and r.get("seed") == seed and name(r) in ALPHA_METHODS
+                and r.get("alpha") is not None):
+            by.setdefault(name(r), {})[r["alpha"]] = r
+    if not any(len(v) > 1 for v in by.values()):
+        return [], []
+    alphas = sorted({a for v in by.values() for a in v})
+    out = [f"## Sensitivity to alpha ({ds}, {layers} layers, seed {seed})", "",
+           "Test F1 (dev F1) per alpha; spread = max − min of test F1 over the alphas run.", "",
+           "| method | " + " | ".join(f"alpha {a:g}" for a in alphas) + " | spread |",
+           "|---|" + "---:|" * (len(alphas) + 1)]
+    spread = {}
+    for m in ALPHA_METHODS:
+        if m not in by:
+            continue
+        f = [100 * r["test"]["f1"] for r in by[m].values()]
+        spread[m] = (max(f) - min(f), len(f))
+        out.append(f"| {m} | " + " | ".join(f"{100 * by[m][a]['test']['f1']:.2f} ({100 * by[m][a]['dev']['f1']:.2f})"
+                                            if a in by[m] else "" for a in alphas) + f" | {spread[m][0]:.2f} |")
+    summary = []
+    if "msd" in spread and "pos" in spread:
+        full = spread["msd"][1] == spread["pos"][1] == len(alphas) >= 5
+        summary.append(f"- Alpha spread (test F1, {ds}): MSD {spread['msd'][0]:.2f} over {spread['msd'][1]} alphas, Pos "
+                       f"{spread['pos'][0]:.2f} over {spread['pos'][1]}; target MSD's spread <= Pos's: **"
+                       + ("met" if spread["msd"][0] <= spread["pos"][0] else "not met") + "**"
+                       + ("" if full else " (so far: not every alpha has run)") + ".")
+    return out + [""], summary
+
+
 def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
     """``rows``: the latest row per cell key; ``sweep_keys``: the student-lr sweep's keys; ``chosen``: its
     (encoder lr, head lr) or None while it runs."""
@@ -120,13 +238,14 @@ def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              f"`python -m benchmarks.paper --budget full --report` from `{results_path}` ({len(rows)} finished cells). "
              "Teacher: all-MiniLM-L6-v2 + CRF (6 layers); students initialised from evenly spaced teacher layers. "
-             "Grid: `python -m benchmarks.paper --budget full --grid ... --data-dir ../shared/data --jobs 2 --threads 1` "
-             "on a 2-core machine (per-cell times are with two cells sharing it).", ""]
+             "Grid: `python -m benchmarks.paper --budget full --grid ... --data-dir ../shared/data` on a 2-core machine; "
+             "per-cell times depend on how many cells shared it (" + _sharing(rows) + ").", ""]
     summary: list[str] = []
     body = sweep_section(rows, sweep_keys, chosen)
     teachers = {r["dataset"]: r for r in rows if r["method"] == "teacher"}
-    table_rows = [r for r in rows if r["method"] != "teacher" and r.get("alpha") == 0.5
-                  and (r["key"] not in sweep_keys or (chosen and (r["lr"], r["head_lr"]) == tuple(chosen)))]
+    eligible = [r for r in rows if r["method"] != "teacher"
+                and (r["key"] not in sweep_keys or (chosen and (r["lr"], r["head_lr"]) == tuple(chosen)))]
+    table_rows = [r for r in eligible if r.get("alpha") == 0.5]
     for ds in sorted({r["dataset"] for r in table_rows}):
         body += [f"## {ds}", ""]
         for layers in sorted({r["layers"] for r in table_rows if r["dataset"] == ds}, reverse=True):
@@ -144,6 +263,10 @@ def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
                 else:
                     summary.append(f"- CoNLL-2003, {layers} layers: target {100 * want:.0f}% of the gap: not measured "
                                    "yet (needs the undistilled baseline and a distilled student at this depth).")
+    summary += msd_targets(table_rows)
+    for sec, verdicts in (alpha_section(eligible), msd_teacher_section(eligible)):
+        body += sec
+        summary += verdicts
     if summary:
         lines += ["## Targets", "", *summary, ""]
     return "\n".join(lines + body) + "\n"

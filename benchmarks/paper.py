@@ -182,6 +182,8 @@ def run_cell(cell: dict, args) -> dict:
     if cell["method"] != "teacher":  # which teacher this student learned from (teachers may be retrained, see plan)
         tm = _metrics(RUNS / cell["dataset"] / "teacher")
         extra["teacher_f1"] = {"dev": tm["dev"]["f1"], "test": tm["test"]["f1"]}
+    if "msd_teacher" in metrics:  # MSD: the meta-updated teacher's dev F1 before / after, restores, skipped steps
+        extra["msd_teacher"] = {k: v for k, v in metrics["msd_teacher"].items() if k != "history"}
     return {
         "key": key, **cell, **extra,
         "dev": pick(metrics["dev"]), "test": pick(metrics["test"]),
