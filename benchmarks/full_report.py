@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+from pathlib import Path
 
 SINGLE_KD = ("topk", "pos", "struct")
 TARGETS = {3: 0.75, 2: 0.50}  # share of the teacher-student gap the best student of that depth should close
 MSD_MAX_DROP = 2.0  # F1 points: how far below the original the meta-updated teacher's dev F1 may end (issue 15)
-ALPHA_METHODS = ("pos", "struct", "msd")  # Figure 4's methods (--grid alpha_full)
 
 
 def name(r: dict) -> str:
@@ -198,37 +198,22 @@ def msd_teacher_section(rows: list[dict]) -> tuple[list[str], list[str]]:
     return out + [""], summary
 
 
-def alpha_section(rows: list[dict], ds: str = "conll2003", layers: int = 3, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Figure 4 at the full budget: test F1 over alpha per method (seed 0, 3 layers) and the spread (max - min);
-    target: MSD's spread no larger than Pos's. (lines, summary lines)"""
-    by: dict[str, dict] = {}
-    for r in rows:
-        if (r["dataset"] == ds and r.get("layers") == layers and r.get("seed") == seed and name(r) in ALPHA_METHODS
-                and r.get("alpha") is not None):
-            by.setdefault(name(r), {})[r["alpha"]] = r
-    if not any(len(v) > 1 for v in by.values()):
-        return [], []
-    alphas = sorted({a for v in by.values() for a in v})
-    out = [f"## Sensitivity to alpha ({ds}, {layers} layers, seed {seed})", "",
-           "Test F1 (dev F1) per alpha; spread = max − min of test F1 over the alphas run.", "",
-           "| method | " + " | ".join(f"alpha {a:g}" for a in alphas) + " | spread |",
-           "|---|" + "---:|" * (len(alphas) + 1)]
-    spread = {}
-    for m in ALPHA_METHODS:
-        if m not in by:
-            continue
-        f = [100 * r["test"]["f1"] for r in by[m].values()]
-        spread[m] = (max(f) - min(f), len(f))
-        out.append(f"| {m} | " + " | ".join(f"{100 * by[m][a]['test']['f1']:.2f} ({100 * by[m][a]['dev']['f1']:.2f})"
-                                            if a in by[m] else "" for a in alphas) + f" | {spread[m][0]:.2f} |")
-    summary = []
-    if "msd" in spread and "pos" in spread:
-        full = spread["msd"][1] == spread["pos"][1] == len(alphas) >= 5
-        summary.append(f"- Alpha spread (test F1, {ds}): MSD {spread['msd'][0]:.2f} over {spread['msd'][1]} alphas, Pos "
-                       f"{spread['pos'][0]:.2f} over {spread['pos'][1]}; target MSD's spread <= Pos's: **"
-                       + ("met" if spread["msd"][0] <= spread["pos"][0] else "not met") + "**"
-                       + ("" if full else " (so far: not every alpha has run)") + ".")
-    return out + [""], summary
+def alpha_verdict(rows: list[dict]) -> list[str]:
+    """Issue 15's alpha target on Figure 4's points (:func:`benchmarks.paper_report.curves`: test F1 per alpha,
+    seeds pooled): MSD's spread (max - min over alpha) no larger than Pos's."""
+    from benchmarks.paper_report import FIGURES, curves
+
+    _, xkey, methods, fixed, _ = FIGURES[1]
+    xs, lines = curves(rows, xkey, methods, fixed)
+    spread = {m: (max(_mean(v) for v in by.values() if v) - min(_mean(v) for v in by.values() if v),
+                  sum(1 for v in by.values() if v)) for m, by in lines.items()}
+    if not ("msd" in spread and "pos" in spread and len(xs) > 1):
+        return []
+    full = spread["msd"][1] == spread["pos"][1] == len(xs) >= 5
+    return [f"- Alpha spread (Figure 4, CoNLL-2003 test): MSD {spread['msd'][0]:.2f} over {spread['msd'][1]} alphas, Pos "
+            f"{spread['pos'][0]:.2f} over {spread['pos'][1]}; target MSD's spread <= Pos's: **"
+            + ("met" if spread["msd"][0] <= spread["pos"][0] else "not met") + "**"
+            + ("" if full else " so far (not every alpha has run)") + "."]
 
 
 def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
@@ -263,10 +248,13 @@ def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
                 else:
                     summary.append(f"- CoNLL-2003, {layers} layers: target {100 * want:.0f}% of the gap: not measured "
                                    "yet (needs the undistilled baseline and a distilled student at this depth).")
-    summary += msd_targets(table_rows)
-    for sec, verdicts in (alpha_section(eligible), msd_teacher_section(eligible)):
-        body += sec
-        summary += verdicts
+    summary += msd_targets(table_rows) + alpha_verdict(eligible)
+    from benchmarks.paper_report import depth_alpha_sections
+
+    body += depth_alpha_sections(eligible + list(teachers.values()), Path(results_path), stem="full")
+    sec, verdicts = msd_teacher_section(eligible)
+    body += sec
+    summary += verdicts
     if summary:
         lines += ["## Targets", "", *summary, ""]
     return "\n".join(lines + body) + "\n"

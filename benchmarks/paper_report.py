@@ -264,6 +264,30 @@ def conclusion(tested: dict[str, Paired], ds: str, name: str = "MSD") -> str:
     return head + " " + paper
 
 
+FIGURES = (  # (title, x, methods, the knob held fixed, file): the paper's Figures 3 and 4
+    ("Figure 3: F1 vs student depth (CoNLL-2003 test)", "layers", ("none", "pos", "msd", "recipe"), ("alpha", 0.5),
+     "paper_depth.png"),
+    ("Figure 4: F1 vs alpha (CoNLL-2003 test, 3 layers)", "alpha", ("pos", "struct", "msd"), ("layers", 3),
+     "paper_alpha.png"),
+)
+
+
+def curves(rows: list[dict], xkey: str, methods, fixed: tuple) -> tuple[list, dict]:
+    """A figure's points from CoNLL-2003 student rows (holdout quiz): its x values and, per method that has any
+    point, the test F1 (%) of every cell at each x ({x: [f1, ...]}, seeds pooled). A row's method is its variant
+    name when it has one (``recipe``), so a variant never joins its base method's line."""
+    name = lambda r: r.get("variant") or r["method"]  # noqa: E731
+    pts = [r for r in rows if r["dataset"] == "conll2003" and r["method"] != "teacher"
+           and r.get("quiz_split", "holdout") == "holdout" and r.get(fixed[0]) == fixed[1] and name(r) in methods]
+    xs = sorted({r[xkey] for r in pts})
+    out = {}
+    for m in methods:
+        by = {x: [100 * r["test"]["f1"] for r in pts if name(r) == m and r[xkey] == x] for x in xs}
+        if any(by.values()):
+            out[m] = by
+    return xs, out
+
+
 def depth_alpha_sections(rows: list[dict], results: Path, stem: str = "paper") -> list[str]:
     from benchmarks.common import pyplot
 
@@ -271,15 +295,9 @@ def depth_alpha_sections(rows: list[dict], results: Path, stem: str = "paper") -
     if plt is None:
         raise ImportError("the report's figures need matplotlib (pip install -e '.[dev]')")
     out = []
-    c = [r for r in rows if r["dataset"] == "conll2003" and r["method"] != "teacher"
-         and r.get("quiz_split", "holdout") == "holdout"]
     teacher = [r["test"]["f1"] for r in rows if r["dataset"] == "conll2003" and r["method"] == "teacher"]
-    for name, xkey, methods, fixed, fname in ((n, x, m, f, fn.replace("paper", stem, 1)) for n, x, m, f, fn in (
-        ("Figure 3: F1 vs student depth (CoNLL-2003 test)", "layers", ("none", "pos", "msd"), ("alpha", 0.5), "paper_depth.png"),
-        ("Figure 4: F1 vs alpha (CoNLL-2003 test, 3 layers)", "alpha", ("pos", "struct", "msd"), ("layers", 3), "paper_alpha.png"),
-    )):
-        pts = [r for r in c if r[fixed[0]] == fixed[1] and r["method"] in methods]
-        xs = sorted({r[xkey] for r in pts})
+    for name, xkey, methods, fixed, fname in ((n, x, m, f, fn.replace("paper", stem, 1)) for n, x, m, f, fn in FIGURES):
+        xs, lines = curves(rows, xkey, methods, fixed)
         if len(xs) < 2:
             out += [f"## {name}", "", "Not enough finished cells yet.", ""]
             continue
@@ -294,12 +312,9 @@ def depth_alpha_sections(rows: list[dict], results: Path, stem: str = "paper") -
                 f"![{name}]({fname})", "", "| method | " + " | ".join(str(x) for x in xs) + " |",
                 "|---|" + "---:|" * len(xs)]
         spread = {}
-        for m in methods:
-            ys, ns = [], []
-            for x in xs:
-                f = [r["test"]["f1"] for r in pts if r["method"] == m and r[xkey] == x]
-                ys.append(100 * statistics.fmean(f) if f else float("nan"))
-                ns.append(len(f))
+        for m, by in lines.items():
+            ys = [statistics.fmean(by[x]) if by[x] else float("nan") for x in xs]
+            ns = [len(by[x]) for x in xs]
             ax.plot(xs, ys, marker="o", label=m)
             out.append(f"| {m} | " + " | ".join("-" if y != y else f"{y:.2f}" + (f" (n={n})" if n > 1 else "")
                                                 for y, n in zip(ys, ns)) + " |")

@@ -426,7 +426,7 @@ def _full_row(method, seed, test, dev=0.5, layers=3, alpha=0.5, **extra):
             "best_epoch": 9, "threads": 2, "jobs": 1, **extra}
 
 
-def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop():
+def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop(tmp_path):
     """Issue 15's verdicts in full.md: MSD vs none per depth (a collapse at 1 layer is 'not met'), MSD vs Pos and
     Struct with per-seed differences, the alpha spread of MSD against Pos's, and the meta-updated teacher's end
     F1 against the 2-point bound (one cell 2.5 below: 'not met')."""
@@ -442,16 +442,17 @@ def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop():
     rows += [_full_row("none", 0, 0.70, layers=1), _full_row("msd", 0, 0.60, layers=1, msd_teacher=mt(0.91, 0.885, 0.90))]
     for a, (p, m) in {0.1: (0.81, 0.80), 0.3: (0.815, 0.84), 0.7: (0.82, 0.83), 0.9: (0.80, 0.75)}.items():
         rows += [_full_row("pos", 0, p, alpha=a), _full_row("msd", 0, m, alpha=a)]
-    text = full_report.report(rows, set(), (1e-4, 1e-3), "full_runs.jsonl")
+    text = full_report.report(rows, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
     assert ("MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: 1 layers -10.00, 3 layers "
             "+3.10; target MSD >= none at depths 1-4 (no collapse): **not met** at the depths measured (not measured yet: "
             "2, 4 layers)") in text
     assert "msd − pos +0.60 (per seed: +1.00, +0.20, paired p 0.374); msd − struct +1.85 (per seed: +2.00, +1.70" in text
     assert "target MSD >= Pos and >= Struct: **met** on what is measured." in text
-    # alpha 0.5 comes from the Table I cell of seed 0: pos 82.00, msd 83.00
-    assert "| pos | 81.00 (50.00) | 81.50 (50.00) | 82.00 (50.00) | 82.00 (50.00) | 80.00 (50.00) | 2.00 |" in text
-    assert "Alpha spread (test F1, conll2003): MSD 9.00 over 5 alphas, Pos 2.00 over 5; target MSD's spread <= " \
-           "Pos's: **not met**." in text
+    # alpha 0.5 is Table I's cells (2 seeds): pos 82.50, msd 83.10 (means); Figure 4 and its plot in full_alpha.png
+    assert "| pos | 81.00 | 81.50 | 82.50 (n=2) | 82.00 | 80.00 |" in text and (tmp_path / "full_alpha.png").is_file()
+    assert "Alpha spread (Figure 4, CoNLL-2003 test): MSD 9.00 over 5 alphas, Pos 2.50 over 5; target MSD's spread " \
+           "<= Pos's: **not met**." in text
+    assert "| msd | 60.00 | 83.10 (n=2) |" in text and "| none | 70.00 | 80.00 (n=2) |" in text  # Figure 3
     assert "| `conll2003/msd-L1-a0.5-s0-lr0.0001-hlr0.001` | 91.00 | 88.50 | 90.00 | 91.00 | -2.50 | 0 | 1 / 100 |" in text
     assert "its dev F1 ends at most 2.50 F1 below the original (worst; 3 cell(s)); target never more than 2 below: " \
            "**not met**." in text
@@ -459,7 +460,7 @@ def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop():
     # every teacher within the bound, MSD spread below Pos's
     ok = [r if r["method"] != "msd" or "msd_teacher" not in r or r["layers"] != 1
           else {**r, "msd_teacher": mt(0.91, 0.90, 0.895)} for r in rows]
-    text2 = full_report.report(ok, set(), (1e-4, 1e-3), "full_runs.jsonl")
+    text2 = full_report.report(ok, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
     assert "ends at most 1.50 F1 below the original (worst; 3 cell(s)); target never more than 2 below: **met**." in text2
 
 
