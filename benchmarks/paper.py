@@ -11,7 +11,7 @@ cell appends one JSON line to ``benchmarks/results/paper_runs.jsonl`` (config, d
 wall time, tokens/s, peak memory, commit); a re-run skips finished cells, and an interrupted cell
 resumes from its last epoch (``--resume``), so the grid can be filled over several sittings, e.g. in
 the background: ``nohup python -m benchmarks.paper --grid table1 ... > runs/paper.log 2>&1 &``.
-``--jobs 2 --threads 1`` runs two cells at once (more cells per hour on 2 cores).
+``--jobs 2 --threads 1`` runs two cells at once (up to ~1.3x more cells per hour on 2 cores, each cell slower).
 
 Every method gets the same budget: same epochs, batch size, learning rates, seeds and data order
 per seed (see ``training.distill``). Model selection is on dev only; test is read once per cell from
@@ -281,8 +281,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per cell")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="cells run at once; on 2 cores `--jobs 2 --threads 1` fills the grid ~1.45x faster than one "
-                         "cell with 2 threads (measured with distill_cost), at the price of slower single cells")
+                    help="cells run at once. On 2 cores `--jobs 2 --threads 1` fills the grid at most ~1.3x faster "
+                         "than one cell with 2 threads, but each cell takes 1.5-2x longer (full budget, none-L3: 1,768 s "
+                         "of training per cell two at a time, 1,180 s alone): prefer `--jobs 1 --threads 2` when a "
+                         "sitting may end before a slow cell does (runs/ does not travel)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="list the cells still to run")
     ap.add_argument("--first", action="append", default=[], metavar="GLOB",
