@@ -131,3 +131,65 @@ def test_emissions_backends_share_the_protocol(setup):
         feeds.append(t.backend.logits({k: feed[k] for k in t.backend.input_names}))
     assert feeds[0].shape == feeds[1].shape == (1, 6, len(engine.labels))
     assert np.abs(feeds[0] - feeds[1]).max() < 1e-4
+
+
+def _partitions(n, batch_size):
+    """Every cut of range(n) into contiguous batches of at most batch_size (brute force)."""
+    if n == 0:
+        yield []
+        return
+    for k in range(1, min(batch_size, n) + 1):
+        for rest in _partitions(n - k, batch_size):
+            yield [(0, k)] + [(a + k, b + k) for a, b in rest]
+
+
+@pytest.mark.parametrize("cost", [0.0, 5.0, 32.0, 1e9])
+def test_plan_batches_is_the_least_cost_cut(cost):
+    """The dynamic program's batches cost no more than any cut found by enumeration (padded sub-tokens + a fixed
+    cost per batch), respect batch_size and cover every window once, in order."""
+    from export.pipeline import plan_batches
+
+    rng = np.random.default_rng(0)
+    total = lambda lengths, cut: sum(cost + (b - a) * lengths[b - 1] for a, b in cut)  # noqa: E731
+    for _ in range(30):
+        n, bs = int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        lengths = sorted(rng.integers(1, 60, size=n).tolist())
+        got = plan_batches(lengths, bs, cost)
+        assert [a for a, _ in got] == [0] + [b for _, b in got[:-1]] and got[-1][1] == n
+        assert all(1 <= b - a <= bs for a, b in got)
+        best = min(total(lengths, cut) for cut in _partitions(n, bs))
+        assert total(lengths, got) == pytest.approx(best)
+
+
+def test_plan_batches_edges():
+    from export.pipeline import plan_batches
+
+    assert plan_batches([], 4) == []
+    assert plan_batches([3, 5, 7, 9, 11], 2, float("inf")) == [(0, 2), (2, 4), (4, 5)]  # plain fixed-size batches
+    assert plan_batches([4, 4, 4, 4], 8, 0.0) == [(0, 4)]  # no padding to save: one batch
+    assert plan_batches([2, 2, 50, 50], 4, 10.0) == [(0, 2), (2, 4)]  # 2 batches: 10 + 4 + 10 + 100 < 10 + 200
+    with pytest.raises(ValueError, match="ascending"):
+        plan_batches([5, 3], 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_batches([1], 0)
+
+
+def test_engine_splits_a_call_of_mixed_lengths_and_answers_the_same(setup):
+    """Texts of very different lengths in one call run as several batches of similar lengths (fewer padded
+    sub-tokens than one batch padded to the longest) with the same entities and scores."""
+    engine = setup["engine"]
+    texts = [TEXTS[0], TEXTS[5][:300], TEXTS[1], TEXTS[5][:120]] * 4
+    try:
+        engine.batch_cost_tokens = float("inf")
+        one, t_one = engine.predict(texts, batch_size=16, return_timings=True)
+        engine.batch_cost_tokens = 8.0
+        split, t_split = engine.predict(texts, batch_size=16, return_timings=True)
+    finally:
+        from export.pipeline import DEFAULT_BATCH_COST_TOKENS
+
+        engine.batch_cost_tokens = DEFAULT_BATCH_COST_TOKENS
+    assert t_one["batches"] == 1 < t_split["batches"] and t_split["padded_sub_tokens"] < t_one["padded_sub_tokens"]
+    assert t_split["sub_tokens"] == t_one["sub_tokens"]
+    for a, b in zip(one, split):
+        assert _key(a) == _key(b)
+        assert max([abs(x.score - y.score) for x, y in zip(a, b)], default=0.0) < 1e-5
