@@ -548,6 +548,7 @@ def main(argv=None) -> int:
                     help="output path prefix (.json, .md, .png are appended; default benchmarks/results/serving, "
                          "with --sweep benchmarks/results/serving_sweep)")
     args = ap.parse_args(argv)
+    host = machine()  # the load average before this benchmark's own work adds to it
     if (args.texts < 1 or args.latency_texts < 1 or args.threads < 1 or args.gemm_tokens < 1 or args.repeat < 1
             or args.gemm_seconds < 0):
         ap.error("--texts, --latency-texts, --threads, --gemm-tokens, --repeat must be >= 1 and --gemm-seconds >= 0")
@@ -593,7 +594,7 @@ def main(argv=None) -> int:
                     r["threads"] = configs[name]["threads"]
                     r["gemm"] = gemm_fractions(r, limits, prec)
         report = {"command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  "machine": machine(), "threads": args.threads, "export_dir": str(args.export_dir),
+                  "machine": host, "threads": args.threads, "export_dir": str(args.export_dir),
                   "texts": {"n": len(texts), "words": n_words, "source": source}, "gemm_limits": limits,
                   "variants": {k: {"ort": v[0], "threads": v[1]} for k, v in variants.items()},
                   "sweep": sweep, "gpu": gpu_line(args.device, {k: r for rows in sweep.values()
@@ -631,7 +632,7 @@ def main(argv=None) -> int:
     report = {
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "threads": args.threads, "export_dir": str(args.export_dir),
+        "machine": host, "threads": args.threads, "export_dir": str(args.export_dir),
         "export": {"kind": manifest.get(fmt.K_KIND), "method": manifest.get(fmt.K_METHOD),
                    "model": manifest.get(fmt.K_MODEL), "optimize": (manifest.get(fmt.K_OPTIMIZE) or {}).get("applied"),
                    "max_length": manifest.get(fmt.K_MAX_LENGTH)},

@@ -104,3 +104,17 @@ def test_frontier_bad_input(grid, toy_data_dir, tmp_path, capsys, case):
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not out.with_suffix(".json").exists()
     assert sorted(p.name for p in (grid / "students" / "L2").iterdir()) == before
+
+
+def test_targets_name_the_point_that_meets_or_the_closest_miss():
+    ref = {"f1": 0.90, "throughput": {"32": {"sentences_per_s": 100.0}}}
+    pt = lambda depth, f1, speed, frac=0.5: {"kind": "student", "depth": depth, "method": "none", "precision": "fp32",  # noqa: E731
+                                             "run": f"runs/L{depth}", "f1": f1, "speedup_b32": speed,
+                                             "gemm_fraction_b32": frac}
+    t = frontier.targets([pt(1, 0.70, 9.0), pt(4, 0.885, 2.5)], ref)
+    key = "student within 1.0 F1 of the teacher at >= 8x the teacher pipeline (batch 32)"
+    assert t[key]["met"] is False
+    assert t[key]["value"] == "no student within 1.0 F1; the closest is L4 none fp32, F1 88.50 (-1.50) at 2.5x"
+    t = frontier.targets([pt(1, 0.70, 9.0), pt(2, 0.895, 8.5, frac=0.7), pt(3, 0.899, 3.0, frac=0.61)], ref)
+    assert t[key]["met"] is True and t[key]["value"].startswith("L2 none fp32 (runs/L2): 8.5x")
+    assert t["every fp32 point's engine >= 60% of the fp32 GEMM limit (batch 32)"]["met"] is False  # L1: 50%
