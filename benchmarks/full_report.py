@@ -192,9 +192,10 @@ def msd_teacher_section(rows: list[dict]) -> tuple[list[str], list[str]]:
                    f"{100 * t['dev_f1_final']:.2f} | {100 * t['dev_f1_best']:.2f} | {100 * (end - t['dev_f1_before']):+.2f} | "
                    f"{t['restores']} | {t['skipped_steps']} / {t['meta_steps']} |")
     met = max(drops) <= MSD_MAX_DROP
-    summary = [f"- MSD's teacher: its dev F1 ends at most {max(drops):.2f} F1 below the original "
-               f"({'worst' if max(drops) > 0 else 'it ends above it in every cell'}; {len(cells)} cell(s)); target "
-               f"never more than {MSD_MAX_DROP:g} below: **{'met' if met else 'not met'}**."]
+    where = (f"ends at most {max(drops):.2f} F1 below the original (worst cell)" if max(drops) > 0 else
+             f"ends at or above the original in every cell (the least: {-max(drops):+.2f} F1)")
+    summary = [f"- MSD's teacher: its dev F1 {where}; {len(cells)} cell(s); target never more than {MSD_MAX_DROP:g} "
+               f"below: **{'met' if met else 'not met'}**."]
     return out + [""], summary
 
 
