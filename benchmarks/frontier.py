@@ -218,10 +218,9 @@ def targets(points, reference) -> dict:
     out = {}
     teacher_f1 = reference.get("f1") if reference else None
     ref_sps = ((reference or {}).get("throughput") or {}).get("32")
-    good = [p for p in points if p["kind"] != "teacher" and p.get("speedup_b32") is not None
-            and teacher_f1 is not None and p["f1"] >= teacher_f1 - 0.01]
-    best = max(good, key=lambda p: p["speedup_b32"], default=None)
     students = [p for p in points if p["kind"] != "teacher" and p.get("speedup_b32") is not None]
+    good = [p for p in students if teacher_f1 is not None and p["f1"] >= teacher_f1 - 0.01]
+    best = max(good, key=lambda p: p["speedup_b32"], default=None)
     closest = max(students, key=lambda p: (p["f1"], p["speedup_b32"]), default=None)
     value = None
     if best is not None:

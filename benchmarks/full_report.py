@@ -96,7 +96,6 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
     if gap is not None:
         out += ["", f"Gap between the teacher and the undistilled student (mean over {len(base)} seed(s)): "
                 f"{gap:.2f} F1 points."]
-    seeds = lambda n: {r["seed"]: r["test"]["f1"] for r in by.get(n, [])}  # noqa: E731
     singles = [n for n in SINGLE_KD if n in by]
     best_single = max(singles, key=lambda n: _mean(_f1(by[n]))) if singles else None
     rows = []
@@ -105,7 +104,7 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
             continue
         for other in ("none", best_single):
             if other and other != n:
-                d, p = paired(seeds(n), seeds(other))
+                d, p = paired(_seeds(by.get(n, [])), _seeds(by.get(other, [])))
                 if len(d) > 1:
                     rows.append(f"| {n} − {other} | {', '.join(f'{x:+.2f}' for x in d)} | {_mean(d):+.2f} | {p:.3f} |")
     if rows:
@@ -132,14 +131,13 @@ def _seeds(rs: list[dict]) -> dict:
 def msd_targets(table_rows: list[dict]) -> list[str]:
     """Issue 15's verdicts on the alpha-0.5 table cells: MSD >= none at every depth (no collapse), MSD >= Pos and
     >= Struct in mean test F1 per dataset at 3 layers, with the paired per-seed differences."""
+    from benchmarks.paper_report import curves
+
     out = []
-    depth = {}
-    for r in table_rows:
-        if r["dataset"] == "conll2003" and name(r) in ("msd", "none"):
-            depth.setdefault(r["layers"], {}).setdefault(name(r), []).append(r)
-    both = sorted(k for k, v in depth.items() if len(v) == 2)
+    _, by_depth = curves(table_rows, "layers", ("msd", "none"), ("alpha", 0.5))  # Figure 3's points
+    both = sorted(k for k in by_depth.get("msd", {}) if by_depth["msd"][k] and by_depth.get("none", {}).get(k))
     if both:
-        diffs = {k: _mean(_f1(depth[k]["msd"])) - _mean(_f1(depth[k]["none"])) for k in both}
+        diffs = {k: _mean(by_depth["msd"][k]) - _mean(by_depth["none"][k]) for k in both}
         worst = min(both, key=diffs.get)
         missing = [k for k in (1, 2, 3, 4) if k not in both]
         out.append(f"- MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: "
