@@ -182,6 +182,35 @@ def test_factorised_keeps_the_pilot_forward_for_the_real_step():
     assert pot is None
 
 
+def test_meta_step_reads_only_the_used_embedding_rows():
+    # the factorised meta step cuts the word-embedding matrix to the rows the two batches look up (the
+    # equality tests above check the gradient against the dense second-order one); here: the cut is real,
+    # the outputs are the same, and a kept pilot forward backpropagates into the full matrix as a fresh one
+    t, s = _teacher_and_student()
+    batch, quiz = _batch(1), _batch(2)
+    params = dict(s.named_parameters())
+    cut, b2, q2 = meta._used_rows(s, params, batch, quiz)
+    name = "encoder.bert.embeddings.word_embeddings.weight"
+    used = torch.unique(torch.cat([batch["student"]["input_ids"].flatten(), quiz["student"]["input_ids"].flatten()]))
+    assert cut[name].shape[0] == len(used) < params[name].shape[0] and int(used[0]) == 0  # row 0: padding
+    assert torch.equal(cut[name][b2["student"]["input_ids"]], params[name][batch["student"]["input_ids"]])
+    for new, old in ((b2, batch), (q2, quiz)):
+        a, b = meta.student_outputs(s, cut, new), meta.student_outputs(s, params, old)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    no_emb = {n: p for n, p in params.items() if n != name}  # a pilot without the embeddings: nothing cut
+    assert meta._used_rows(s, no_emb, batch, quiz) == (no_emb, batch, quiz)
+    opt = torch.optim.SGD([p for p in t.parameters() if p.requires_grad], lr=0.0)
+    _, pot = meta.teacher_step(s, t, opt, batch, quiz, meta.MetaConfig(teacher_anchor="none"), keep_forward=True)
+    pot.emissions.pow(2).sum().backward()
+    kept = {n: p.grad for n, p in s.named_parameters()}
+    s.zero_grad(set_to_none=True)
+    s(batch["student"]).emissions.pow(2).sum().backward()
+    assert kept[name].abs().max() > 0
+    for n, p in s.named_parameters():  # (the pooler is in neither graph)
+        assert (kept[n] is None) == (p.grad is None), n
+        assert kept[n] is None or torch.allclose(kept[n], p.grad, rtol=0, atol=1e-12), n
+
+
 def _brute_kl(p0, p1):
     """KL(P0 || P1) per sentence, averaged, by enumerating every tag sequence."""
     import itertools

@@ -210,6 +210,25 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _used_rows(student, params: dict, batch: dict, quiz: dict):
+    """The word-embedding matrix cut down to the rows that ``batch`` and ``quiz`` look up (and the rows up
+    to the padding index, which keeps its place and its zero gradient), with both batches' ``input_ids``
+    renumbered to match. Exact: the rest of the matrix is read by neither forward, has zero gradient in
+    the pilot step and zero tangent in the JVP. It spares the meta step dense vocabulary-sized gradients,
+    tangents and pilot weights (about a fifth of its time with a 30k vocabulary). The cut rows are a
+    differentiable gather from the real matrix, so a kept pilot forward still backpropagates into it."""
+    weight = student.encoder.get_input_embeddings().weight
+    name = next((n for n, p in params.items() if p is weight), None)
+    if name is None:  # not a pilot parameter
+        return params, batch, quiz
+    pad = student.encoder.get_input_embeddings().padding_idx
+    ids = [batch["student"]["input_ids"], quiz["student"]["input_ids"]]
+    keep = [torch.arange((pad + 1) if pad is not None else 0, device=weight.device)]
+    rows = torch.unique(torch.cat(keep + [i.flatten() for i in ids]))  # sorted: row pad stays at index pad
+    renumber = lambda b, i: {**b, "student": {**b["student"], "input_ids": torch.searchsorted(rows, i)}}  # noqa: E731
+    return {**params, name: weight[rows]}, renumber(batch, ids[0]), renumber(quiz, ids[1])
+
+
 def _factorised(student, t_pot, batch, quiz, cfg, keep_forward: bool = False):
     """(L_q(S') detached, a surrogate whose gradient in T is dL_q(S'(T))/dT, the pilot forward's student
     potentials with their graph when ``keep_forward`` and every student parameter is a pilot parameter
@@ -217,7 +236,7 @@ def _factorised(student, t_pot, batch, quiz, cfg, keep_forward: bool = False):
     terms = pilot_terms(cfg)
     targets = [term.teacher(t_pot) for term in terms]  # differentiable in T
     with _PilotOnly(student, cfg) as pilot:
-        params = pilot.params
+        params, batch, quiz = _used_rows(student, pilot.params, batch, quiz)
         device = next(iter(params.values())).device
         rng = _rng_state(device)  # the JVP below reuses the pilot forward's dropout masks
         # 1. pilot step at fixed T (first order); with dropout, the same attention kernel as the JVP's (the
