@@ -12,6 +12,7 @@ epoch; test F1 is read once per cell.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import statistics
 from pathlib import Path
 
@@ -215,6 +216,21 @@ def alpha_verdict(rows: list[dict]) -> list[str]:
             + ("" if full else " so far (not every alpha has run)") + "."]
 
 
+def cost_target(results_path: Path) -> list[str]:
+    """Issue 15's cost targets from ``distill_cost.json`` (every method timed in one run): an MSD step with
+    the defaults at most 2.5x a Posterior step (mean step time), its peak RSS at most 2x."""
+    path = results_path.parent / "distill_cost.json"
+    res = {r["method"]: r for r in json.loads(path.read_text())["results"]} if path.exists() else {}
+    if not {"pos", "msd"} <= res.keys():
+        return ["- MSD step cost: not measured yet (`python -m benchmarks.distill_cost`)."]
+    t = res["msd"]["mean_step_s"] / res["pos"]["mean_step_s"]
+    m = res["msd"]["peak_rss_mb"] / res["pos"]["peak_rss_mb"]
+    date = json.loads(path.read_text()).get("meta", {}).get("date", "undated")[:10]
+    return [f"- MSD step cost with its defaults (`distill_cost.md`, {date}): {t:.2f}x a Posterior step "
+            f"(target <= 2.5x: **{'met' if t <= 2.5 else 'not met'}**), peak RSS {m:.2f}x (target <= 2x: "
+            f"**{'met' if m <= 2 else 'not met'}**)."]
+
+
 def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
     """``rows``: the latest row per cell key; ``sweep_keys``: the student-lr sweep's keys; ``chosen``: its
     (encoder lr, head lr) or None while it runs."""
@@ -253,7 +269,7 @@ def report(rows: list[dict], sweep_keys: set[str], chosen, results_path) -> str:
     body += depth_alpha_sections(eligible + list(teachers.values()), Path(results_path), stem="full")
     sec, verdicts = msd_teacher_section(eligible)
     body += sec
-    summary += verdicts
+    summary += verdicts + cost_target(Path(results_path))
     if summary:
         lines += ["## Targets", "", *summary, ""]
     return "\n".join(lines + body) + "\n"

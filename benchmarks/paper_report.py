@@ -66,7 +66,7 @@ def report(everything: list[dict], results: Path, runs: Path, out_md: Path) -> s
                   "costs with `distill_cost.md` (all methods in one run) instead.", ""]
         v = verdict(sub)
         summary += [f"- {title.split(': ', 1)[1]}: {line}" for line in v if line.startswith("**")]
-        lines += teacher_lines(trainings, rows) + cost_lines(sub, results) + v + msd_teacher_lines(ds, results)
+        lines += teacher_lines(trainings, rows) + cost_lines(sub, results) + v + msd_teacher_lines(ds, results, runs)
     lines += depth_alpha_sections(rows, results, out_md.stem)
     tlr = teacher_lr_section(swept, results, runs)
     summary += [f"- Figure 4: {line[2:]}" for line in lines if line.startswith("- Spread over alpha")]
@@ -154,9 +154,10 @@ def msd_teacher_results(results: Path) -> list[dict]:
     return json.loads(path.read_text())["results"] if path.exists() else []
 
 
-def msd_teacher_lines(ds: str, results: Path) -> list[str]:
-    """How far MSD moved the teacher, from ``python -m benchmarks.msd_teacher`` (when it was run)."""
-    rows = [r for r in msd_teacher_results(results) if r.get("dataset") == ds]
+def msd_teacher_lines(ds: str, results: Path, runs: Path) -> list[str]:
+    """How far MSD moved the teacher, from ``python -m benchmarks.msd_teacher`` (when it was run), for this
+    report's runs only (``msd_teacher.json`` also holds the other budget's cells)."""
+    rows = [r for r in msd_teacher_results(results) if r.get("dataset") == ds and Path(r["run"]).is_relative_to(runs)]
     if not rows:
         return []
     out = ["What MSD did to the teacher (`msd_teacher.md`, from `python -m benchmarks.msd_teacher`):", ""]

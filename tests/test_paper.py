@@ -53,13 +53,16 @@ def test_report_tables_and_verdict(tmp_path, monkeypatch):
     assert "**MSD does not win here: +1.00 vs pos and +0.00 vs struct F1, differences that do not stand out" in text
     assert "Meta step cost, per cell here: msd 10 s vs pos 10 s of training (1.0x)" in text
     assert "What MSD did to the teacher" not in text  # no msd_teacher.json next to the results
-    (tmp_path / "msd_teacher.json").write_text(json.dumps({"results": [
-        {"dataset": "conll2003", "seed": 0, "quiz_split": "holdout", "student_layers": 3, "alpha": 0.5,
-         "relative_change": 0.0012, "original_f1": {"dev": 0.9, "test": 0.85},
-         "meta_updated_f1": {"dev": 0.89, "test": 0.86}}]}))
+    drift = {"dataset": "conll2003", "seed": 0, "quiz_split": "holdout", "student_layers": 3, "alpha": 0.5,
+             "relative_change": 0.0012, "original_f1": {"dev": 0.9, "test": 0.85},
+             "meta_updated_f1": {"dev": 0.89, "test": 0.86}}
+    (tmp_path / "msd_teacher.json").write_text(json.dumps({"results": [  # a full-budget cell stays out of it
+        {**drift, "run": str(paper.RUNS / "conll2003/msd-L3-a0.5-s0")},
+        {**drift, "run": "runs/full/conll2003/msd-L3-a0.5-s0", "relative_change": 0.0099}]}))
     text = paper.report(tmp_path / "paper.md")
     assert ("- seed 0, quiz holdout, 3 layers, alpha 0.5: parameters moved by 0.120% (relative L2), teacher dev F1 "
             "90.00 -> 89.00, test F1 85.00 -> 86.00.") in text
+    assert "0.990%" not in text
     assert "holdout: 86.00 test F1 (dev 86.00); dev: 87.00 test F1 (dev 87.00), difference +1.00 test F1" in text
     assert "| pos | 73.00 | 76.00 | 84.00 (n=3) | 82.00 |" in text
     assert (tmp_path / "paper_depth.png").exists()
@@ -466,6 +469,17 @@ def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop(tmp_path):
     up = [r if "msd_teacher" not in r else {**r, "msd_teacher": mt(0.91, 0.912, 0.915)} for r in rows]
     text3 = full_report.report(up, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
     assert "its dev F1 ends at or above the original in every cell (the least: +0.20 F1); 3 cell(s)" in text3
+    # the cost target, from distill_cost.json next to the results
+    assert "- MSD step cost: not measured yet" in text3
+    cost = lambda msd_s, msd_mb: {"meta": {"date": "2026-12-02T13:00:00"}, "results": [  # noqa: E731
+        {"method": "pos", "mean_step_s": 0.2, "peak_rss_mb": 1000.0},
+        {"method": "msd", "mean_step_s": msd_s, "peak_rss_mb": msd_mb}]}
+    (tmp_path / "distill_cost.json").write_text(json.dumps(cost(0.48, 1500.0)))
+    assert ("- MSD step cost with its defaults (`distill_cost.md`, 2026-12-02): 2.40x a Posterior step (target <= 2.5x: "
+            "**met**), peak RSS 1.50x (target <= 2x: **met**).") in full_report.report(up, set(), None, tmp_path / "x.jsonl")
+    (tmp_path / "distill_cost.json").write_text(json.dumps(cost(0.52, 2100.0)))
+    assert ("2.60x a Posterior step (target <= 2.5x: **not met**), peak RSS 2.10x (target <= 2x: **not met**)"
+            in full_report.report(up, set(), None, tmp_path / "x.jsonl"))
 
 
 def test_run_cell_records_the_msd_teachers_summary(tmp_path, monkeypatch):
