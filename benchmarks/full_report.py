@@ -219,14 +219,15 @@ def alpha_verdict(rows: list[dict]) -> list[str]:
 def cost_target(results_path: Path) -> list[str]:
     """Issue 15's cost targets from ``distill_cost.json`` (every method timed in one run): an MSD step with
     the defaults at most 2.5x a Posterior step (mean step time), its peak RSS at most 2x."""
+    from benchmarks.paper_report import cost_date
+
     path = results_path.parent / "distill_cost.json"
     res = {r["method"]: r for r in json.loads(path.read_text())["results"]} if path.exists() else {}
     if not {"pos", "msd"} <= res.keys():
         return ["- MSD step cost: not measured yet (`python -m benchmarks.distill_cost`)."]
     t = res["msd"]["mean_step_s"] / res["pos"]["mean_step_s"]
     m = res["msd"]["peak_rss_mb"] / res["pos"]["peak_rss_mb"]
-    date = json.loads(path.read_text()).get("meta", {}).get("date", "undated")[:10]
-    return [f"- MSD step cost with its defaults (`distill_cost.md`, {date}): {t:.2f}x a Posterior step "
+    return [f"- MSD step cost with its defaults (`distill_cost.md`, {cost_date(path)}): {t:.2f}x a Posterior step "
             f"(target <= 2.5x: **{'met' if t <= 2.5 else 'not met'}**), peak RSS {m:.2f}x (target <= 2x: "
             f"**{'met' if m <= 2 else 'not met'}**)."]
 
