@@ -142,7 +142,7 @@ def msd_targets(table_rows: list[dict]) -> list[str]:
         worst = min(both, key=diffs.get)
         missing = [k for k in (1, 2, 3, 4) if k not in both]
         out.append(f"- MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: "
-                   + ", ".join(f"{k} layers {diffs[k]:+.2f}" for k in both)
+                   + ", ".join(f"{k} layer{'s' * (k != 1)} {diffs[k]:+.2f}" for k in both)
                    + f"; target MSD >= none at depths 1-4 (no collapse): **{'met' if diffs[worst] >= 0 else 'not met'}** "
                    f"at the depths measured" + (f" (not measured yet: {', '.join(map(str, missing))} layers)" if missing else "")
                    + ".")

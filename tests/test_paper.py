@@ -446,7 +446,7 @@ def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop(tmp_path):
     for a, (p, m) in {0.1: (0.81, 0.80), 0.3: (0.815, 0.84), 0.7: (0.82, 0.83), 0.9: (0.80, 0.75)}.items():
         rows += [_full_row("pos", 0, p, alpha=a), _full_row("msd", 0, m, alpha=a)]
     text = full_report.report(rows, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
-    assert ("MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: 1 layers -10.00, 3 layers "
+    assert ("MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: 1 layer -10.00, 3 layers "
             "+3.10; target MSD >= none at depths 1-4 (no collapse): **not met** at the depths measured (not measured yet: "
             "2, 4 layers)") in text
     assert "msd − pos +0.60 (per seed: +1.00, +0.20, paired p 0.374); msd − struct +1.85 (per seed: +2.00, +1.70" in text
