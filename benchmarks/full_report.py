@@ -144,7 +144,7 @@ def msd_targets(table_rows: list[dict]) -> list[str]:
         out.append(f"- MSD vs the undistilled student (CoNLL-2003 test, mean over seeds), by depth: "
                    + ", ".join(f"{k} layer{'s' * (k != 1)} {diffs[k]:+.2f}" for k in both)
                    + f"; target MSD >= none at depths 1-4 (no collapse): **{'met' if diffs[worst] >= 0 else 'not met'}** "
-                   f"at the depths measured" + (f" (not measured yet: {', '.join(map(str, missing))} layers)" if missing else "")
+                   f"at the depths measured" + (f" (not measured yet: {', '.join(map(str, missing))} layer{'s' * (missing != [1])})" if missing else "")
                    + ".")
     for ds in sorted({r["dataset"] for r in table_rows}):
         by = {}
