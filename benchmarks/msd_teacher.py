@@ -2,6 +2,7 @@
 
     python -m benchmarks.msd_teacher                       # every finished MSD cell under runs/paper
     python -m benchmarks.msd_teacher --runs runs/paper/conll2003/msd-L3-a0.5-s0 --data-dir ../shared/data
+    python -m benchmarks.msd_teacher --records benchmarks/results/full_runs.jsonl   # cells whose directory is gone
 
 MSD updates the teacher by the meta-gradient of the student's quiz loss and saves it in
 ``RUN/teacher``. If the teacher barely moves, MSD is Posterior KD with extra cost; if it moves a lot
@@ -11,7 +12,9 @@ encoder / emission head / CRF separately), the largest absolute change, and the 
 F1 of both teachers on the run's dataset (dev F1 as the run recorded it when it did: ``msd_teacher`` in
 its ``metrics.json``, measured by ``training.distill``'s teacher guard on the full dev split, with the
 guard's restores and skipped meta steps). Writes ``benchmarks/results/msd_teacher.{md,json}``; rows of
-runs not analysed this time are kept, a re-analysed run replaces its row.
+runs not analysed this time are kept, a re-analysed run replaces its row. The full-budget grid
+(``benchmarks.paper``) runs this on each MSD cell as it finishes; for a cell whose run directory was
+not kept, ``--records`` adds a row from its result line (dev F1 as recorded; drift and test F1 unknown).
 """
 
 from __future__ import annotations
@@ -99,6 +102,20 @@ def analyse(run: Path, data_dir: str | None) -> dict:
     return row
 
 
+def from_record(rec: dict, runs_root: Path) -> dict:
+    """A row from a grid's result line (``full_runs.jsonl``) when the run directory is gone (the grid ran in
+    an earlier checkout): the teacher's dev F1 before / after as the run recorded it; drift and test F1 are
+    not known (shown as -)."""
+    mt = rec["msd_teacher"]
+    return {"run": str(runs_root / rec["key"]), "dataset": rec.get("dataset"), "seed": rec.get("seed"),
+            "quiz_split": rec.get("quiz_split"), "alpha": rec.get("alpha"), "student_layers": rec.get("layers"),
+            "original_f1": {"dev": mt["dev_f1_before"], "test": None},
+            "meta_updated_f1": {"dev": mt["dev_f1_after"], "test": None},
+            "dev_f1_source": "recorded (run directory not kept: no drift, no test F1)",
+            "dev_f1_best": mt.get("dev_f1_best"), "restores": mt.get("restores"),
+            "skipped_steps": mt.get("skipped_steps"), "meta_steps": mt.get("meta_steps"), "lr_factor": mt.get("lr_factor")}
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     made = sorted({(r["date"], r["command"]) for r in rows})
     lines = ["# What MSD did to the teacher", "", *[f"- {d}: `{c}`" for d, c in made],
@@ -106,16 +123,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "Relative change = ||T_msd − T_0|| / ||T_0|| over the parameters (encoder, emission head, CRF). "
              "F1: entity F1 of the original teacher and of the meta-updated one saved in `RUN/teacher` (dev F1 as "
              "the run recorded it, when it did). Restores / skips: the teacher guard's restores of its best state "
-             "and skipped non-finite meta steps (- for runs from before the guard).", "",
+             "and skipped non-finite meta steps (- for runs from before the guard). A row with - for the drift "
+             "comes from the grid's result line of a run whose directory was not kept (`--records`).", "",
              "| run | quiz | rel. change (all) | encoder | head | crf | max abs change | dev F1 T0 -> T_msd | "
              "test F1 T0 -> T_msd | restores / skips |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    e = lambda r, k: f"{r[k]:.2e}" if r.get(k) is not None else "-"  # noqa: E731
+    f1 = lambda v: f"{100 * v:.2f}" if v is not None else "-"  # noqa: E731
     for r in rows:
         o, m = r["original_f1"], r["meta_updated_f1"]
-        lines.append(f"| `{r['run']}` | {r['quiz_split']} | {r['relative_change']:.2e} | "
-                     f"{r.get('relative_change_encoder', 0):.2e} | {r.get('relative_change_head', 0):.2e} | "
-                     f"{r.get('relative_change_crf', 0):.2e} | {r['max_abs_change']:.2e} | "
-                     f"{100 * o['dev']:.2f} -> {100 * m['dev']:.2f} | {100 * o['test']:.2f} -> {100 * m['test']:.2f} | "
+        lines.append(f"| `{r['run']}` | {r['quiz_split']} | {e(r, 'relative_change')} | "
+                     f"{e(r, 'relative_change_encoder')} | {e(r, 'relative_change_head')} | "
+                     f"{e(r, 'relative_change_crf')} | {e(r, 'max_abs_change')} | "
+                     f"{f1(o['dev'])} -> {f1(m['dev'])} | {f1(o['test'])} -> {f1(m['test'])} | "
                      + (f"{r['restores']} / {r['skipped_steps']} |" if r.get("restores") is not None else "- |"))
     return "\n".join(lines) + "\n"
 
@@ -126,16 +146,35 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="default: the one each run was trained with")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--records", default=None, metavar="JSONL",
+                    help="also add a row, from its result line, for each MSD cell of this grid results file "
+                         "(e.g. benchmarks/results/full_runs.jsonl) whose run directory is gone and that has no row")
+    ap.add_argument("--records-runs", default="runs/full", help="the run root of --records' cells (default: runs/full)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    runs = [Path(r) for r in args.runs] if args.runs else sorted(Path("runs/paper").glob("*/msd-*"))
+    default = [] if args.records else sorted(Path("runs/paper").glob("*/msd-*"))
+    runs = [Path(r) for r in args.runs] if args.runs is not None else default
     runs = [r for r in runs if (r / "teacher").is_dir() and (r / "metrics.json").exists()]
-    if not runs:
-        print("error: no finished MSD run with a saved teacher (RUN/teacher) found", file=sys.stderr)
+    out = Path(args.out)
+    old = out.with_suffix(".json")
+    have = {r["run"] for r in json.loads(old.read_text())["results"]} if old.exists() else set()
+    recorded = []
+    if args.records:
+        for line in Path(args.records).read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            run = Path(args.records_runs) / rec.get("key", "")
+            if "msd_teacher" in rec and str(run) not in have and run not in runs and not (run / "teacher").is_dir():
+                recorded.append(from_record(rec, Path(args.records_runs)))
+    if not runs and not recorded:
+        more = f", and no MSD cell of {args.records} without a row" if args.records else ""
+        print(f"error: no finished MSD run with a saved teacher (RUN/teacher) found{more}", file=sys.stderr)
         return 2
     command = "python -m benchmarks.msd_teacher " + " ".join(argv if argv is not None else sys.argv[1:])
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    rows = []
+    rows = [r | {"command": command, "date": date} for r in recorded]
+    for x in rows:
+        print(f"{x['run']}: from its result line, dev F1 {100 * x['original_f1']['dev']:.2f} -> "
+              f"{100 * x['meta_updated_f1']['dev']:.2f}", flush=True)
     for r in runs:
         rows.append(analyse(r, args.data_dir) | {"command": command, "date": date})
         x = rows[-1]
@@ -143,9 +182,7 @@ def main(argv=None) -> int:
               f"{100 * x['meta_updated_f1']['dev']:.2f}", flush=True)
     meta = {"command": command, "date": date,
             "machine": f"{platform.platform()}, torch {torch.__version__}, {args.threads} threads"}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    old = out.with_suffix(".json")
     if old.exists():  # keep the rows of runs not analysed this time; a re-analysed run replaces its row
         fresh = {r["run"] for r in rows}
         rows = [r for r in json.loads(old.read_text())["results"] if r["run"] not in fresh] + rows

@@ -373,6 +373,19 @@ def prioritise(todo: list[dict], globs: list[str]) -> list[dict]:
     return sorted(todo, key=rank)  # stable: grid order within a rank
 
 
+def analyse_msd_teacher(run: Path, args) -> bool:
+    """Add the finished MSD cell ``run`` to ``msd_teacher.{md,json}`` (drift and F1 of its meta-updated teacher)
+    while its directory is still there: run directories stay on the machine that ran the grid. A failure
+    is reported and does not stop the grid (``python -m benchmarks.msd_teacher --runs RUN`` redoes it)."""
+    cmd = [sys.executable, "-m", "benchmarks.msd_teacher", "--runs", str(run), "--threads", str(args.threads)]
+    print(f"[{dt.datetime.now():%H:%M:%S}] {' '.join(cmd[1:])}", flush=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        print(f"warning: {' '.join(cmd[1:])} failed (exit {done.returncode}): {done.stdout.strip()[-500:]}",
+              file=sys.stderr, flush=True)
+    return done.returncode == 0
+
+
 def _teacher_on_disk_is(ds: str, row: dict) -> bool:
     d = RUNS / ds / "teacher"
     if not (d / ckpt.BEST).is_dir() or not (d / ckpt.METRICS_FILE).exists():
@@ -397,6 +410,8 @@ def run_grid(todo: list[dict], args) -> int:
                 f.write(json.dumps(r) + "\n")
             print(f"[{next(count)}/{len(todo)}] {r['key']}: dev F1 {100 * r['dev']['f1']:.2f} test F1 "
                   f"{100 * r['test']['f1']:.2f} ({r['wall_seconds']:.0f}s, peak {r['peak_rss_mb']:.0f} MB)", flush=True)
+            if c["method"] == "msd":
+                analyse_msd_teacher(RUNS / r["key"], args)
 
     queue, running, futures, failed = list(todo), {}, [], False
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as ex:

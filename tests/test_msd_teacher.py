@@ -53,3 +53,31 @@ def test_main_keeps_rows_of_other_runs(tmp_path, monkeypatch):
     md = (tmp_path / "mt.md").read_text()
     assert md.count("| `") == 3
     assert md.count(": `python -m benchmarks.msd_teacher --runs") == 2  # both commands, each with its date
+
+
+def test_records_add_rows_for_cells_whose_run_directory_is_gone(tmp_path):
+    """--records: an MSD result line without a run directory becomes a row with its recorded dev F1 and
+    no drift; other methods, cells already in the table and cells with a saved teacher are left out."""
+    import json
+
+    mt = {"dev_f1_before": 0.9127, "dev_f1_after": 0.9138, "dev_f1_best": 0.915, "restores": 0, "skipped_steps": 0,
+          "meta_steps": 3950, "lr_factor": 1.0}
+    recs = [{"key": "conll2003/msd-L4-a0.5-s0", "dataset": "conll2003", "method": "msd", "seed": 0, "layers": 4,
+             "alpha": 0.5, "quiz_split": "holdout", "msd_teacher": mt},
+            {"key": "conll2003/pos-L3-a0.5-s0", "method": "pos"},
+            {"key": "conll2003/msd-L3-a0.5-s0", "method": "msd", "quiz_split": "holdout", "msd_teacher": mt}]
+    (tmp_path / "full_runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    root = tmp_path / "runs"
+    (root / "conll2003/msd-L3-a0.5-s0/teacher").mkdir(parents=True)  # still on disk: analysed with --runs instead
+    out = tmp_path / "mt"
+    argv = ["--records", str(tmp_path / "full_runs.jsonl"), "--records-runs", str(root), "--out", str(out)]
+    assert msd_teacher.main(argv) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [r["run"] for r in rows] == [str(root / "conll2003/msd-L4-a0.5-s0")]
+    assert rows[0]["original_f1"] == {"dev": 0.9127, "test": None} and rows[0]["meta_updated_f1"]["dev"] == 0.9138
+    assert "relative_change" not in rows[0] and rows[0]["student_layers"] == 4
+    md = out.with_suffix(".md").read_text()
+    assert "| holdout | - | - | - | - | - | 91.27 -> 91.38 | - -> - | 0 / 0 |" in md
+    first = out.with_suffix(".json").read_text()
+    assert msd_teacher.main(argv) == 2  # nothing new to add: the row is already there
+    assert out.with_suffix(".json").read_text() == first

@@ -2,6 +2,7 @@
 on synthetic result lines."""
 
 import json
+import sys
 
 import pytest
 
@@ -507,3 +508,27 @@ def test_run_cell_records_the_msd_teachers_summary(tmp_path, monkeypatch):
     row = paper.run_cell(cell, args)
     assert row["msd_teacher"] == {k: v for k, v in summary.items() if k != "history"}
     assert row["best_epoch"] == 3 and row["teacher_f1"] == {"dev": 0.9, "test": 0.8}
+
+
+def test_run_grid_analyses_each_finished_msd_cells_teacher(tmp_path, monkeypatch, capsys):
+    """After an MSD cell (and only then) the grid runs benchmarks.msd_teacher on its run directory, while
+    it still exists; a failing analysis is a warning, not a failed grid."""
+    import subprocess
+
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "paper_runs.jsonl")
+    monkeypatch.setattr(paper, "RUNS", tmp_path / "runs")
+    _record_cells(monkeypatch)
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, stdout="error: boom")
+
+    monkeypatch.setattr(paper.subprocess, "run", fake_run)
+    todo = paper.expand(dict(datasets=["wikiann"], methods=["none", "msd"], seeds=[0], layers=[3], alphas=[0.5]))
+    assert paper.run_grid(todo, _grid_args(jobs=1)) == 0
+    msd = [c for c in todo if c["method"] == "msd"][0]
+    assert calls == [[sys.executable, "-m", "benchmarks.msd_teacher", "--runs",
+                      str(tmp_path / "runs" / paper.cell_key(msd)), "--threads", "1"]]
+    err = capsys.readouterr().err
+    assert "warning: -m benchmarks.msd_teacher" in err and "boom" in err
