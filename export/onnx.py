@@ -30,6 +30,12 @@ exported with optimum; the CRF goes to ``crf.json`` and is decoded in NumPy
   ``quantize_dynamic``: QInt8 weights, per-tensor unless per-channel clearly improves parity (both
   are tried); activation scales are computed at run time over the whole batch tensor, so its output
   depends on the batch (the engine runs each text alone with it). Both values may be given.
+* ``--reduce-range`` (both int8 models): 7-bit weights. ONNX Runtime's uint8 x int8 kernels on x86 CPUs
+  without VNNI (AVX2, AVX-512 without VNNI) add pairs of products in int16 and saturate, so full-range
+  weights give answers that depend on the CPU and on the session's graph optimisation level there;
+  7-bit weights cannot saturate (ONNX Runtime's advice for such CPUs), at a small cost in precision.
+  The manifest records the choice; the serving engine warns when an int8 model without it runs on a
+  CPU whose kernels saturate (:func:`export.runtime.u8s8_saturates`).
 * ``tokenizer.json`` is normalised for serving with the `tokenizers` library alone: padding off
   (the packaged MiniLM file pads everything to 128) and truncation at ``max_length``, as in
   training; it is checked against transformers on the parity sentences.
@@ -443,7 +449,7 @@ class _CalibrationReader:
 
 
 def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max_length: int, input_names,
-                         keep_fp32: tuple[str, ...] = ()) -> dict:
+                         keep_fp32: tuple[str, ...] = (), reduce_range: bool = False) -> dict:
     """Static int8 of ``src`` -> ``dst`` (QDQ, per-channel int8 weights, uint8 activations calibrated
     on ``calibration["sentences"]``). Only MatMuls with a constant weight (the linear layers) and
     Gathers (embeddings) are quantised, except nodes whose name matches a ``keep_fp32`` regular
@@ -483,7 +489,7 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
         with _quiet():
             quantize_static(str(src_shaped), str(dst), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=op_types, nodes_to_exclude=exclude + kept,
-                            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                            per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calib_method,
                             extra_options={"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
     finally:
@@ -500,7 +506,7 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
     mm = [n for n in graph.node if n.op_type == "MatMul"]
     return {"symbolic_shape_inference": shaped, "matmuls_excluded": len(exclude),
             "keep_fp32_patterns": list(keep_fp32), "kept_fp32": kept,"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weight_type": "QInt8",
-            "per_channel": True, "activation_type": "QUInt8", "reduce_range": False,
+            "per_channel": True, "activation_type": "QUInt8", "reduce_range": bool(reduce_range),
             "op_types": op_types, "matmul_const_weight_only": True,
             "matmuls_quantized": sum(set(n.input[:2]) <= dq_out for n in mm), "matmuls_total": len(mm),
             "node_counts": {k: counts[k] for k in sorted(counts)},
@@ -511,9 +517,10 @@ def quantize_static_int8(src: Path, dst: Path, tokenizer, calibration: dict, max
 def export(source, out=None, opset: int | None = None, quantize=None, optimize: bool = False,
            max_length: int | None = None, sentences=None, quiet: bool = False, calibration=None,
            calibration_dataset=None, data_dir=None, calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-           calibration_method: str = "minmax", keep_fp32=DEFAULT_KEEP_FP32) -> Path:
+           calibration_method: str = "minmax", keep_fp32=DEFAULT_KEEP_FP32, reduce_range: bool = False) -> Path:
     """Export ``source`` (run dir or checkpoint); returns the export directory. See the module doc.
-    ``quantize``: ``"int8"`` (static), ``"int8-dynamic"``, both (a list or ``"int8,int8-dynamic"``)."""
+    ``quantize``: ``"int8"`` (static), ``"int8-dynamic"``, both (a list or ``"int8,int8-dynamic"``);
+    ``reduce_range``: 7-bit int8 weights (``--reduce-range``)."""
     plan = validate(source, out, opset, quantize, max_length, calibration, calibration_dataset, data_dir,
                     calibration_size, calibration_method, keep_fp32)
     checkpoint, out = plan.checkpoint, plan.out
@@ -537,7 +544,7 @@ def export(source, out=None, opset: int | None = None, quantize=None, optimize: 
         p = p.parent
     try:
         with ckpt.atomic_dir(out) as tmp:
-            manifest = _export_into(tmp, plan, sentences, optimize, quiet, onnx, model_lib)
+            manifest = _export_into(tmp, plan, sentences, optimize, quiet, onnx, model_lib, reduce_range)
             manifest[fmt.K_SOURCE].update(sha256=digest, files=file_hashes)
             manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)
             manifest[fmt.K_FILES] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
@@ -579,7 +586,8 @@ class _Graph:
     nodes: int
 
 
-def _export_into(tmp: Path, plan: Plan, sentences, optimize: bool, quiet: bool, onnx, model_lib) -> dict:
+def _export_into(tmp: Path, plan: Plan, sentences, optimize: bool, quiet: bool, onnx, model_lib,
+                 reduce_range: bool = False) -> dict:
     """Every step of an export, written into ``tmp``; returns the manifest (less hashes and sizes)."""
     ref = _torch_reference(plan, sentences, model_lib)
     graph = _export_graph(tmp, plan, onnx, quiet)
@@ -599,10 +607,12 @@ def _export_into(tmp: Path, plan: Plan, sentences, optimize: bool, quiet: bool, 
         sources = [(graph.path, fmt.MODEL_FP32 + fused)]
         if plain_copy is not None:
             sources.append((plain_copy, fmt.MODEL_FP32 + " (plain graph, before the fusions)"))
-        quant_info["int8"], parity["int8"] = _static_int8(tmp, plan, sources, graph.inputs, ref, onnx, quiet)
+        quant_info["int8"], parity["int8"] = _static_int8(tmp, plan, sources, graph.inputs, ref, onnx, quiet,
+                                                              reduce_range)
         models["int8"] = {"file": fmt.MODEL_INT8, "batch_invariant": True}
     if "int8-dynamic" in plan.quantize:
-        quant_info["int8-dynamic"], parity["int8-dynamic"] = _dynamic_int8(tmp, graph.path, fused, ref, onnx, quiet)
+        quant_info["int8-dynamic"], parity["int8-dynamic"] = _dynamic_int8(tmp, graph.path, fused, ref, onnx, quiet,
+                                                                                 reduce_range)
         models["int8-dynamic"] = {"file": fmt.MODEL_INT8_DYNAMIC, "batch_invariant": False}
     if plain_copy is not None:
         plain_copy.unlink(missing_ok=True)
@@ -689,14 +699,15 @@ def _optimize(graph: _Graph, config: dict, onnx, quiet: bool) -> dict:
     return opt_info
 
 
-def _static_int8(tmp: Path, plan: Plan, sources, input_names, ref: _Reference, onnx, quiet: bool):
+def _static_int8(tmp: Path, plan: Plan, sources, input_names, ref: _Reference, onnx, quiet: bool,
+                 reduce_range: bool = False):
     """Step 4a (``--quantize int8``): static, calibrated QDQ int8 from the first of ``sources``
     ((path, description) pairs) that quantises. Returns (quantization info, parity)."""
     q_path, info, errors = tmp / fmt.MODEL_INT8, None, []
     for src, described in sources:
         try:
             info = quantize_static_int8(src, q_path, ref.tokenizer, plan.calibration, plan.max_length, input_names,
-                                        plan.calibration["keep_fp32"])
+                                        plan.calibration["keep_fp32"], reduce_range)
             onnx.checker.check_model(str(q_path))
             info["source"] = described
             break
@@ -714,7 +725,8 @@ def _static_int8(tmp: Path, plan: Plan, sources, input_names, ref: _Reference, o
     return info, parity
 
 
-def _dynamic_int8(tmp: Path, model_path: Path, fused: str, ref: _Reference, onnx, quiet: bool):
+def _dynamic_int8(tmp: Path, model_path: Path, fused: str, ref: _Reference, onnx, quiet: bool,
+                  reduce_range: bool = False):
     """Step 4b (``--quantize int8-dynamic``): ``quantize_dynamic`` per tensor, and per channel if that
     clearly improves parity. Returns (quantization info, parity)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -726,7 +738,7 @@ def _dynamic_int8(tmp: Path, model_path: Path, fused: str, ref: _Reference, onnx
         try:
             with _quiet():
                 quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8,
-                                 per_channel=per_channel, reduce_range=False,
+                                 per_channel=per_channel, reduce_range=reduce_range,
                                  # the fused graph's contrib ops defeat ONNX shape inference
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             onnx.checker.check_model(str(q_path))
@@ -754,7 +766,7 @@ def _dynamic_int8(tmp: Path, model_path: Path, fused: str, ref: _Reference, onnx
     info = {
         "method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
         "activations": "dynamic uint8 (scale over the whole batch tensor: not batch-invariant)",
-        "per_channel": per_channel, "reduce_range": False,
+        "per_channel": per_channel, "reduce_range": bool(reduce_range),
         "source": fmt.MODEL_FP32 + fused, "candidates": candidates}
     _log(f"  int8-dynamic ({'per-channel' if per_channel else 'per-tensor'}): max |emission diff| "
          f"{par['max_abs_emission_diff']:.2e}, tags agree {par['tag_agreement']:.4f}, "
@@ -895,6 +907,8 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-keep-fp32", action="append", default=None, metavar="REGEX",
                     help="static int8: leave the MatMuls / Gathers whose node name matches REGEX in fp32 (repeatable; "
                          f"default {' '.join(DEFAULT_KEEP_FP32)}; give '' to quantise them all)")
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="int8: 7-bit weights, so that CPUs without VNNI (AVX2) cannot saturate (see the module doc)")
     ap.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusions (replace model.onnx)")
     ap.add_argument("--max-length", type=int, default=None,
                     help=f"max sub-tokens per sentence (default: the run's, else {DEFAULT_MAX_LENGTH})")
@@ -903,7 +917,7 @@ def main(argv=None) -> int:
     try:
         export(args.source, args.out, args.opset, args.quantize, args.optimize, args.max_length, quiet=args.quiet,
                calibration=args.calibration, calibration_dataset=args.calibration_dataset, data_dir=args.data_dir,
-               calibration_size=args.calibration_size,
+               calibration_size=args.calibration_size, reduce_range=args.reduce_range,
                keep_fp32=DEFAULT_KEEP_FP32 if args.int8_keep_fp32 is None else [k for k in args.int8_keep_fp32 if k])
     except ExportError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-__all__ = ["SessionError", "session_options", "open_session", "OrtEmissions", "GRAPH_OPTIMIZATION",
-           "EXECUTION_MODES", "DEVICES"]
+__all__ = ["SessionError", "session_options", "open_session", "OrtEmissions", "u8s8_saturates",
+           "GRAPH_OPTIMIZATION", "EXECUTION_MODES", "DEVICES"]
 
 GRAPH_OPTIMIZATION = ("all", "extended", "basic", "disable")
 EXECUTION_MODES = ("sequential", "parallel")
@@ -85,6 +85,34 @@ def open_session(model: str | os.PathLike | bytes, threads: int | None = None, d
         raise SessionError("CUDAExecutionProvider is installed but could not be initialised (CUDA / cuDNN "
                            f"libraries?); session providers: {session.get_providers()}")
     return session
+
+
+_SATURATES: dict = {}
+
+
+def u8s8_saturates() -> bool | None:
+    """Whether ONNX Runtime's uint8 x int8 integer matrix product saturates on this CPU (cached).
+
+    On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) the kernels add pairs of uint8 x int8
+    products in int16, so two products of 255 x 127 overflow and saturate; ONNX Runtime's advice is
+    7-bit weights there (``python -m export.onnx --reduce-range``). Measured, not guessed from CPU
+    flags: a ``MatMulInteger`` of 255s by 127s against its exact result. ``None`` when the ``onnx``
+    package (to build the probe graph) is not installed, as in the serving-only image."""
+    if "cpu" not in _SATURATES:
+        try:
+            from onnx import TensorProto, helper, numpy_helper
+        except ImportError:
+            return None
+        k, n = 64, 8
+        w = numpy_helper.from_array(np.full((k, n), 127, dtype=np.int8), "W")
+        graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "W"], ["Y"])], "u8s8_probe",
+                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, [4, k])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.INT32, [4, n])], initializer=[w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        y = open_session(model.SerializeToString(), 1).run(None, {"A": np.full((4, k), 255, dtype=np.uint8)})[0]
+        _SATURATES["cpu"] = bool((y != k * 255 * 127).any())
+    return _SATURATES["cpu"]
 
 
 class OrtEmissions:

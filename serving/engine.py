@@ -20,13 +20,14 @@ Batch invariance
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from export import format as fmt
 # the pipeline's names that are part of the serving API (tests and callers import them from here)
 from export.pipeline import (DEFAULT_WINDOW_OVERLAP, WORD_RE, Document, Entity, Tagger, plan_windows,
                              span_probability, split_words, tags_to_spans)
-from export.runtime import OrtEmissions, SessionError, open_session
+from export.runtime import OrtEmissions, SessionError, open_session, u8s8_saturates
 
 __all__ = ["NerEngine", "Entity", "Document", "EngineError", "split_words", "tags_to_spans",
            "span_probability", "plan_windows", "WORD_RE", "DEFAULT_WINDOW_OVERLAP"]
@@ -99,8 +100,20 @@ class NerEngine(Tagger):
             session = open_session(path, threads, device, **ort_options)
         except SessionError as e:
             raise EngineError(str(e)) from None
-        return cls(session, tokenizer, crf, manifest, export_dir=export_dir, precision=precision, device=device,
-                   threads=threads, window_overlap=window_overlap, io_binding=io_binding, ort_options=ort_options)
+        engine = cls(session, tokenizer, crf, manifest, export_dir=export_dir, precision=precision, device=device,
+                     threads=threads, window_overlap=window_overlap, io_binding=io_binding, ort_options=ort_options)
+        if engine.int8_saturates:
+            warnings.warn(f"{path}: int8 weights use the full 8 bits and this CPU's uint8 x int8 kernels saturate "
+                          "(no VNNI): answers may differ from other CPUs and between graph optimisation levels; "
+                          "export with --reduce-range for this CPU", RuntimeWarning, stacklevel=2)
+        return engine
+
+    @property
+    def int8_saturates(self) -> bool:
+        """An int8 model with full-range (8-bit) weights on a CPU whose uint8 x int8 kernels saturate
+        (:func:`export.runtime.u8s8_saturates`): its answers may depend on the CPU."""
+        q = (self.manifest.get(fmt.K_QUANTIZATION) or {}).get(self.precision)
+        return bool(q) and self.device == "cpu" and not q.get("reduce_range") and bool(u8s8_saturates())
 
     def info(self) -> dict:
         """A summary of the model and the engine settings (``GET /v1/model``)."""
@@ -119,6 +132,7 @@ class NerEngine(Tagger):
             "threads": self.threads,
             "ort_options": {**self.ort_options, "io_binding": self.io_binding},
             "max_length": self.max_length,
+            "int8_saturates": self.int8_saturates,
             "manifest": {
                 "format": m.get(fmt.K_FORMAT), "version": m.get(fmt.K_VERSION),
                 "created_at": m.get(fmt.K_CREATED), "kind": m.get(fmt.K_KIND), "method": m.get(fmt.K_METHOD),

@@ -53,9 +53,28 @@ def test_gemm_graph_computes_a_matmul(precision):
         a = rng.standard_normal((3, 5)).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"A": a})[0], a @ w, rtol=1e-5, atol=1e-5)
     else:
-        a = rng.integers(0, 256, (3, 5), dtype=np.uint8)
+        # inputs below 128: no pair of products can leave int16, so the answer is exact on every CPU
+        # (without VNNI, ONNX Runtime's uint8 x int8 kernels saturate larger ones; see the next test)
+        a = rng.integers(0, 128, (3, 5), dtype=np.uint8)
         ref = (a.astype(np.int32) - 128) @ w.astype(np.int32)
         np.testing.assert_array_equal(sess.run(None, {"A": a})[0], ref)
+
+
+def test_u8s8_saturation_probe_agrees_with_a_full_range_product():
+    """export.runtime.u8s8_saturates says whether full-range uint8 x int8 products come out wrong on
+    this CPU: checked on the GEMM graph with the largest inputs (exact on VNNI CPUs, saturated on AVX2)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from export.runtime import u8s8_saturates
+
+    model = gemm.gemm_model(4, 32, 6, "int8")
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "W"))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.where(w[:, :1].T > 0, 255, 0).repeat(4, axis=0).astype(np.uint8)  # 255 where column 0's weight is positive
+    exact = (a.astype(np.int32) - 128) @ w.astype(np.int32)
+    assert u8s8_saturates() is bool((sess.run(None, {"A": a})[0] != exact).any())
 
 
 def test_gemm_cli_tiny(tmp_path, capsys):

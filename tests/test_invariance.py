@@ -44,7 +44,11 @@ def export_dir(tmp_path_factory):
                                                             "args": {"max_length": 128}})
     calib = base / "calib.txt"
     calib.write_text("\n".join(" ".join(s) for s in REAL + [t.split() for t in TEXTS]) + "\n")
-    return exp.export(run, quantize=["int8", "int8-dynamic"], calibration=calib, quiet=True)
+    from export.runtime import u8s8_saturates
+
+    # 7-bit weights where this CPU's int8 kernels saturate (no VNNI): otherwise answers depend on the CPU
+    return exp.export(run, quantize=["int8", "int8-dynamic"], calibration=calib, quiet=True,
+                      reduce_range=bool(u8s8_saturates()))
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +199,31 @@ def test_ort_options_same_answers(export_dir, engines):
                         ({"inter_op_threads": 0}, "inter_op_threads"), ({"threads": 0}, "threads")):
         with pytest.raises(EngineError, match=message):
             NerEngine.from_dir(export_dir, **kw)
+
+
+def test_reduce_range_is_recorded_and_a_saturating_cpu_is_warned_about(export_dir, tmp_path, monkeypatch):
+    """The manifest says whether int8 weights are 7-bit; an int8 model with 8-bit weights on a CPU whose
+    uint8 x int8 kernels saturate loads with a warning (and says so in info()); fp32 never does."""
+    import json
+    import shutil
+    import warnings
+
+    from export.runtime import u8s8_saturates
+    from serving import engine as engine_mod
+
+    q = json.loads((export_dir / fmt.MANIFEST).read_text())[fmt.K_QUANTIZATION]
+    assert q["int8"]["reduce_range"] is q["int8-dynamic"]["reduce_range"] is bool(u8s8_saturates())
+    full = tmp_path / "onnx"
+    shutil.copytree(export_dir, full)
+    m = json.loads((full / fmt.MANIFEST).read_text())
+    m[fmt.K_QUANTIZATION]["int8"]["reduce_range"] = False
+    (full / fmt.MANIFEST).write_text(json.dumps(m))
+    for saturates in (True, False):
+        monkeypatch.setattr(engine_mod, "u8s8_saturates", lambda s=saturates: s)
+        for precision in ("int8", "fp32"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                e = NerEngine.from_dir(full, precision=precision, threads=1)
+            warned = [w for w in caught if "--reduce-range" in str(w.message)]
+            assert len(warned) == (saturates and precision == "int8")
+            assert e.info()["int8_saturates"] is (saturates and precision == "int8")
