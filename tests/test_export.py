@@ -467,3 +467,14 @@ def test_format_readers_errors(tmp_path, exported):
         fmt.read_crf(bad)
     with pytest.raises(fmt.ExportFormatError, match="unknown precision"):
         fmt.model_path(exported, "fp16")
+
+
+def test_cli_reduce_range_reaches_the_exporter(monkeypatch, tmp_path):
+    """--reduce-range (7-bit int8 weights for CPUs without VNNI) is passed on; off by default."""
+    from export import onnx as exp
+
+    seen = []
+    monkeypatch.setattr(exp, "export", lambda *a, **kw: seen.append(kw["reduce_range"]) or tmp_path)
+    assert exp.main([str(tmp_path), "--quantize", "int8", "--reduce-range"]) == 0
+    assert exp.main([str(tmp_path), "--quantize", "int8"]) == 0
+    assert seen == [True, False]
