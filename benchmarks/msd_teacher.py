@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     runs = [r for r in runs if (r / "teacher").is_dir() and (r / "metrics.json").exists()]
     out = Path(args.out)
     old = out.with_suffix(".json")
-    have = {r["run"] for r in json.loads(old.read_text())["results"]} if old.exists() else set()
+    previous = json.loads(old.read_text())["results"] if old.exists() else []
+    have = {r["run"] for r in previous}
     recorded = []
     if args.records:
         for line in Path(args.records).read_text().splitlines():
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if old.exists():  # keep the rows of runs not analysed this time; a re-analysed run replaces its row
         fresh = {r["run"] for r in rows}
-        rows = [r for r in json.loads(old.read_text())["results"] if r["run"] not in fresh] + rows
+        rows = [r for r in previous if r["run"] not in fresh] + rows
         rows.sort(key=lambda r: r["run"])
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, meta))
