@@ -84,26 +84,19 @@ def read_config(export_or_config: str | os.PathLike) -> dict:
 
 # --------------------------------------------------------------------------- GEMM
 def gemm_model(tokens: int, k: int, n: int, precision: str, seed: int = 0):
-    """A one-node ONNX graph ``Y = A @ W`` (``A``: input ``(tokens, k)``, ``W``: constant ``(k, n)``)."""
+    """A one-node ONNX graph ``Y = A @ W`` (``A``: input ``(tokens, k)``, ``W``: constant ``(k, n)``):
+    :func:`export.runtime.matmul_model` with random weights (int8: ``A`` uint8 with zero point 128)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+
+    from export.runtime import matmul_model
 
     rng = np.random.default_rng(seed)
     if precision == "fp32":
-        w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "W")
-        node = helper.make_node("MatMul", ["A", "W"], ["Y"])
-        a_type, y_type, inits = TensorProto.FLOAT, TensorProto.FLOAT, [w]
+        model = matmul_model(rng.standard_normal((k, n)).astype(np.float32), tokens, name="gemm_fp32")
     elif precision == "int8":
-        w = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "W")
-        azp = numpy_helper.from_array(np.array(128, dtype=np.uint8), "a_zero_point")
-        node = helper.make_node("MatMulInteger", ["A", "W", "a_zero_point"], ["Y"])
-        a_type, y_type, inits = TensorProto.UINT8, TensorProto.INT32, [w, azp]
+        model = matmul_model(rng.integers(-127, 128, (k, n), dtype=np.int8), tokens, 128, name="gemm_int8")
     else:
         raise ValueError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
-    graph = helper.make_graph([node], f"gemm_{precision}", [helper.make_tensor_value_info("A", a_type, [tokens, k])],
-                              [helper.make_tensor_value_info("Y", y_type, [tokens, n])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     onnx.checker.check_model(model)
     return model
 

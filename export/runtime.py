@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-__all__ = ["SessionError", "session_options", "open_session", "OrtEmissions", "u8s8_saturates",
+__all__ = ["SessionError", "session_options", "open_session", "OrtEmissions", "matmul_model", "u8s8_saturates",
            "GRAPH_OPTIMIZATION", "EXECUTION_MODES", "DEVICES"]
 
 GRAPH_OPTIMIZATION = ("all", "extended", "basic", "disable")
@@ -87,6 +87,31 @@ def open_session(model: str | os.PathLike | bytes, threads: int | None = None, d
     return session
 
 
+def matmul_model(w: np.ndarray, tokens: int, a_zero_point: int | None = None, name: str = "matmul"):
+    """A one-node ONNX graph ``Y = A @ W``: ``W`` the constant ``w`` ``(k, n)``, ``A`` an input ``(tokens, k)``.
+    A float32 ``w`` gives ``MatMul`` (float32 in and out); an int8 ``w`` gives ``MatMulInteger`` (``A`` uint8,
+    less ``a_zero_point`` when given; ``Y`` int32). Needs the ``onnx`` package."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    inits = [numpy_helper.from_array(w, "W")]
+    if w.dtype == np.int8:
+        inputs = ["A", "W"]
+        if a_zero_point is not None:
+            inits.append(numpy_helper.from_array(np.array(a_zero_point, dtype=np.uint8), "a_zero_point"))
+            inputs.append("a_zero_point")
+        node = helper.make_node("MatMulInteger", inputs, ["Y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        node = helper.make_node("MatMul", ["A", "W"], ["Y"])
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("A", a_type, [tokens, k])],
+                              [helper.make_tensor_value_info("Y", y_type, [tokens, n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 _SATURATES: dict = {}
 
 
@@ -100,16 +125,11 @@ def u8s8_saturates() -> bool | None:
     package (to build the probe graph) is not installed, as in the serving-only image."""
     if "cpu" not in _SATURATES:
         try:
-            from onnx import TensorProto, helper, numpy_helper
+            import onnx  # noqa: F401  (matmul_model needs it)
         except ImportError:
             return None
-        k, n = 64, 8
-        w = numpy_helper.from_array(np.full((k, n), 127, dtype=np.int8), "W")
-        graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "W"], ["Y"])], "u8s8_probe",
-                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, [4, k])],
-                                  [helper.make_tensor_value_info("Y", TensorProto.INT32, [4, n])], initializer=[w])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
+        k = 64
+        model = matmul_model(np.full((k, 8), 127, dtype=np.int8), 4, name="u8s8_probe")
         y = open_session(model.SerializeToString(), 1).run(None, {"A": np.full((4, k), 255, dtype=np.uint8)})[0]
         _SATURATES["cpu"] = bool((y != k * 255 * 127).any())
     return _SATURATES["cpu"]
