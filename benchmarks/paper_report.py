@@ -316,7 +316,8 @@ def depth_alpha_sections(rows: list[dict], results: Path, stem: str = "paper") -
         for m, by in lines.items():
             ys = [statistics.fmean(by[x]) if by[x] else float("nan") for x in xs]
             ns = [len(by[x]) for x in xs]
-            ax.plot(xs, ys, marker="o", label=m)
+            have = [(x, y) for x, y in zip(xs, ys) if y == y]  # a line through the points measured, not broken by gaps
+            ax.plot([x for x, _ in have], [y for _, y in have], marker="o", label=m)
             out.append(f"| {m} | " + " | ".join("-" if y != y else f"{y:.2f}" + (f" (n={n})" if n > 1 else "")
                                                 for y, n in zip(ys, ns)) + " |")
             if all(n for n in ns):
