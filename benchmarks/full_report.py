@@ -214,7 +214,8 @@ def alpha_verdict(rows: list[dict]) -> list[str]:
         have = {m: sum(1 for v in lines[m].values() if v) for m in ("msd", "pos")}
         return [head + f"not measured yet (MSD has {have['msd']} alpha(s), Pos {have['pos']}; the spreads are "
                 "compared over the alphas both have, at least two)."]
-    spread = {m: max(_mean(lines[m][x]) for x in common) - min(_mean(lines[m][x]) for x in common) for m in ("msd", "pos")}
+    means = {m: [_mean(lines[m][x]) for x in common] for m in ("msd", "pos")}
+    spread = {m: max(v) - min(v) for m, v in means.items()}
     full = len(common) >= 5
     return [head + f"MSD {spread['msd']:.2f} over {len(common)} alphas, Pos {spread['pos']:.2f} over {len(common)}; "
             "target MSD's spread <= Pos's: **" + ("met" if spread["msd"] <= spread["pos"] else "not met") + "**"
