@@ -217,8 +217,9 @@ def alpha_verdict(rows: list[dict]) -> list[str]:
     means = {m: [_mean(lines[m][x]) for x in common] for m in ("msd", "pos")}
     spread = {m: max(v) - min(v) for m, v in means.items()}
     full = len(common) >= 5
-    return [head + f"MSD {spread['msd']:.2f} over {len(common)} alphas, Pos {spread['pos']:.2f} over {len(common)}; "
-            "target MSD's spread <= Pos's: **" + ("met" if spread["msd"] <= spread["pos"] else "not met") + "**"
+    diff = spread["msd"] - spread["pos"]  # to 3 decimals: two spreads that print alike can still decide the target
+    return [head + f"MSD {spread['msd']:.2f} over {len(common)} alphas, Pos {spread['pos']:.2f} over {len(common)} "
+            f"(MSD − Pos {diff:+.3f}); target MSD's spread <= Pos's: **" + ("met" if spread["msd"] <= spread["pos"] else "not met") + "**"
             + ("" if full else f" so far (alphas {', '.join(f'{x:g}' for x in common)} only)") + "."]
 
 
