@@ -457,7 +457,7 @@ def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop(tmp_path):
     # alpha 0.5 is Table I's cells (2 seeds): pos 82.50, msd 83.10 (means); Figure 4 and its plot in full_alpha.png
     assert "| pos | 81.00 | 81.50 | 82.50 (n=2) | 82.00 | 80.00 |" in text and (tmp_path / "full_alpha.png").is_file()
     assert "Alpha spread (Figure 4, CoNLL-2003 test): MSD 9.00 over 5 alphas, Pos 2.50 over 5 (MSD − Pos +6.500); target MSD's spread " \
-           "<= Pos's: **not met**." in text
+           "<= Pos's: **not met**. With seed 0 alone at every alpha: MSD 9.00, Pos 2.00 (MSD − Pos +7.000): not met." in text
     # before every alpha has run: no verdict while MSD has one alpha (its spread would be 0), then only over the
     # alphas both have (pos's 0.9 point, 80.00, is left out of its spread)
     part = [r for r in rows if r["alpha"] in (None, 0.5) or (r["method"] == "pos" and r["alpha"] in (0.1, 0.3))]
@@ -466,7 +466,8 @@ def test_full_report_msd_verdicts_alpha_spread_and_the_teachers_drop(tmp_path):
     part += [r for r in rows if r["alpha"] == 0.3 and r["method"] == "msd"] + [
         r for r in rows if r["alpha"] == 0.9 and r["method"] == "pos"]
     assert full_report.alpha_verdict(part) == ["- Alpha spread (Figure 4, CoNLL-2003 test): MSD 0.90 over 2 alphas, Pos "
-                                               "1.00 over 2 (MSD − Pos -0.100); target MSD's spread <= Pos's: **met** so far (alphas 0.3, 0.5 only)."]
+                                               "1.00 over 2 (MSD − Pos -0.100); target MSD's spread <= Pos's: **met** so far (alphas 0.3, 0.5 only). "
+                                               "With seed 0 alone at every alpha: MSD 1.00, Pos 0.50 (MSD − Pos +0.500): not met."]
     assert "| msd | 60.00 | 83.10 (n=2) |" in text and "| none | 70.00 | 80.00 (n=2) |" in text  # Figure 3
     assert "| `conll2003/msd-L1-a0.5-s0-lr0.0001-hlr0.001` | 91.00 | 88.50 | 90.00 | 91.00 | -2.50 | 0 | 1 / 100 |" in text
     assert "its dev F1 ends at most 2.50 F1 below the original (worst cell); 3 cell(s); target never more than 2 " \
