@@ -67,6 +67,17 @@ def paired(a: dict, b: dict) -> tuple[list[float], float]:
     return d, p
 
 
+def paired_share(teacher_f1: float, method: dict, base: dict) -> float | None:
+    """Share of the teacher-student gap a method closes, on the seeds it shares with the undistilled baseline:
+    mean per-seed gain over (teacher - mean baseline on those seeds). With the same seeds on both sides this is
+    (mean method - mean baseline) / (teacher - mean baseline); it never compares different seed sets."""
+    seeds = sorted(set(method) & set(base))
+    if not seeds:
+        return None
+    gap = teacher_f1 - _mean([100 * base[s] for s in seeds])
+    return _mean([100 * (method[s] - base[s]) for s in seeds]) / gap if gap else None
+
+
 def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict]) -> tuple[list[str], dict]:
     """One table for one dataset and student depth; returns its lines and {variant: (share of the gap closed on
     test, mean dev F1)}."""
@@ -81,15 +92,19 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
                    f"{100 * teacher['dev']['f1']:.2f} | | {teacher['num_parameters'] / 1e6:.1f} | | |")
     base = by.get("none", [])
     gap = (100 * teacher["test"]["f1"] - _mean(_f1(base))) if teacher and base else None
-    shares = {}
+    shares, uneven = {}, False
     for n in ["none", *sorted(k for k in by if k != "none")]:
         rs = by.get(n)
         if not rs:
             continue
         share = ""
         if gap and n != "none":
-            shares[n] = ((_mean(_f1(rs)) - _mean(_f1(base))) / gap, _mean(_f1(rs, "dev")))
-            share = f"{100 * shares[n][0]:.0f}%"
+            s = paired_share(100 * teacher["test"]["f1"], _seeds(rs), _seeds(base))
+            if s is not None:
+                shares[n] = (s, _mean(_f1(rs, "dev")))
+                share = f"{100 * s:.0f}%"
+                if set(_seeds(rs)) != set(_seeds(base)):
+                    uneven, share = True, share + "*"
         secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
         out.append(f"| {n} | {_ms(_f1(rs))} | {_ms(_f1(rs, 'dev'))} | {share} | {rs[0]['num_parameters'] / 1e6:.1f} | "
                    f"{_mean(secs):.0f} | {', '.join(str(r.get('best_epoch')) for r in sorted(rs, key=lambda r: r['seed']))} |"
@@ -97,6 +112,9 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
     if gap is not None:
         out += ["", f"Gap between the teacher and the undistilled student (mean over {len(base)} seed(s)): "
                 f"{gap:.2f} F1 points."]
+        if uneven:
+            out += ["", "\\* seeds of this row and of `none` differ: its share compares the seeds both have "
+                    "(mean per-seed gain over the gap on those seeds)."]
     singles = [n for n in SINGLE_KD if n in by]
     best_single = max(singles, key=lambda n: _mean(_f1(by[n]))) if singles else None
     rows = []

@@ -544,3 +544,26 @@ def test_run_grid_analyses_each_finished_msd_cells_teacher(tmp_path, monkeypatch
                       str(tmp_path / "runs" / paper.cell_key(msd)), "--threads", "1"]]
     err = capsys.readouterr().err
     assert "warning: -m benchmarks.msd_teacher" in err and "boom" in err
+
+
+def test_full_report_share_pairs_seeds(tmp_path):
+    """With uneven seed counts the share of the gap compares only the seeds both rows have: a method run on
+    seed 0 alone is not credited with the baseline's weaker seed 1."""
+    from benchmarks import full_report
+
+    grid = dict(datasets=["conll2003"], methods=["none", "pos"], seeds=[0, 1], layers=[3], alphas=[0.5],
+                student_lrs=[(1e-4, 1e-3)])
+    cells = paper.expand(grid)
+    f1 = {("none", 0): 0.82, ("none", 1): 0.78, ("pos", 0): 0.86}
+
+    def row(c):
+        t = 0.90 if c["method"] == "teacher" else f1[(c["method"], c["seed"])]
+        return {"key": paper.cell_key(c), **c, "dev": {"f1": 0.5}, "test": {"f1": t}, "epochs": 10,
+                "num_parameters": 1e7, "num_layers": 6 if c["method"] == "teacher" else 3, "best_epoch": 9}
+
+    rows = [row(c) for c in cells if c["method"] == "teacher" or (c["method"], c["seed"]) in f1]
+    text = full_report.report(rows, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
+    # paired on seed 0: (86 - 82) / (90 - 82) = 50%; the unpaired means would give (86 - 80) / (90 - 80) = 60%
+    assert "| pos | 86.00 (n=1) | 50.00 (n=1) | 50%* |" in text
+    assert "seeds of this row and of `none` differ" in text
+    assert full_report.paired_share(90.0, {0: 0.86, 1: 0.84}, {0: 0.82, 1: 0.78}) == pytest.approx(0.5)
