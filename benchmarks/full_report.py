@@ -57,12 +57,17 @@ def sweep_section(rows: list[dict], sweep_keys: set[str], chosen) -> list[str]:
     return out + [""]
 
 
+def per_seed(a: dict, b: dict) -> tuple[list, list[float]]:
+    """The seeds both {seed: F1} maps have (in order) and the differences a - b on them, in F1 points."""
+    seeds = sorted(set(a) & set(b))
+    return seeds, [100 * (a[s] - b[s]) for s in seeds]
+
+
 def paired(a: dict, b: dict) -> tuple[list[float], float]:
     """Per-seed differences a - b (F1 points, seeds in order) and the paired t-test p (nan below 2 seeds)."""
     from scipy import stats
 
-    seeds = sorted(set(a) & set(b))
-    d = [100 * (a[s] - b[s]) for s in seeds]
+    seeds, d = per_seed(a, b)
     p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if len(d) > 1 else float("nan")
     return d, p
 
@@ -71,11 +76,11 @@ def paired_share(teacher_f1: float, method: dict, base: dict) -> float | None:
     """Share of the teacher-student gap a method closes, on the seeds it shares with the undistilled baseline:
     mean per-seed gain over (teacher - mean baseline on those seeds). With the same seeds on both sides this is
     (mean method - mean baseline) / (teacher - mean baseline); it never compares different seed sets."""
-    seeds = sorted(set(method) & set(base))
+    seeds, d = per_seed(method, base)
     if not seeds:
         return None
     gap = teacher_f1 - _mean([100 * base[s] for s in seeds])
-    return _mean([100 * (method[s] - base[s]) for s in seeds]) / gap if gap else None
+    return _mean(d) / gap if gap else None
 
 
 def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict]) -> tuple[list[str], dict]:
@@ -91,6 +96,7 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
         out.append(f"| teacher ({teacher['num_layers']} layers) | {100 * teacher['test']['f1']:.2f} | "
                    f"{100 * teacher['dev']['f1']:.2f} | | {teacher['num_parameters'] / 1e6:.1f} | | |")
     base = by.get("none", [])
+    base_seeds = _seeds(base)
     gap = (100 * teacher["test"]["f1"] - _mean(_f1(base))) if teacher and base else None
     shares, uneven = {}, False
     for n in ["none", *sorted(k for k in by if k != "none")]:
@@ -99,11 +105,12 @@ def depth_section(ds: str, layers: int, teacher: dict | None, cells: list[dict])
             continue
         share = ""
         if gap and n != "none":
-            s = paired_share(100 * teacher["test"]["f1"], _seeds(rs), _seeds(base))
+            seeds = _seeds(rs)
+            s = paired_share(100 * teacher["test"]["f1"], seeds, base_seeds)
             if s is not None:
                 shares[n] = (s, _mean(_f1(rs, "dev")))
                 share = f"{100 * s:.0f}%"
-                if set(_seeds(rs)) != set(_seeds(base)):
+                if seeds.keys() != base_seeds.keys():
                     uneven, share = True, share + "*"
         secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
         out.append(f"| {n} | {_ms(_f1(rs))} | {_ms(_f1(rs, 'dev'))} | {share} | {rs[0]['num_parameters'] / 1e6:.1f} | "
@@ -175,7 +182,8 @@ def msd_targets(table_rows: list[dict]) -> list[str]:
         for other in ("pos", "struct"):
             if other in by:
                 d, p = paired(_seeds(by["msd"]), _seeds(by[other]))
-                diff = _mean(_f1(by["msd"])) - _mean(_f1(by[other]))
+                # on the seeds both have, like the share of the gap; different seed sets only when none is shared
+                diff = _mean(d) if d else _mean(_f1(by["msd"])) - _mean(_f1(by[other]))
                 met.append(diff >= 0)
                 parts.append(f"msd − {other} {diff:+.2f} (per seed: {', '.join(f'{x:+.2f}' for x in d) or 'no common seed'}"
                              + (f", paired p {p:.3f}" if len(d) > 1 else "") + ")")

@@ -547,14 +547,15 @@ def test_run_grid_analyses_each_finished_msd_cells_teacher(tmp_path, monkeypatch
 
 
 def test_full_report_share_pairs_seeds(tmp_path):
-    """With uneven seed counts the share of the gap compares only the seeds both rows have: a method run on
-    seed 0 alone is not credited with the baseline's weaker seed 1."""
+    """With uneven seed counts the share of the gap and MSD's verdict against Pos compare only the seeds both rows
+    have: a method run on seed 0 alone is neither credited with the baseline's weaker seed 1 nor judged against
+    Pos's weaker seed 1."""
     from benchmarks import full_report
 
-    grid = dict(datasets=["conll2003"], methods=["none", "pos"], seeds=[0, 1], layers=[3], alphas=[0.5],
+    grid = dict(datasets=["conll2003"], methods=["none", "pos", "msd"], seeds=[0, 1], layers=[3], alphas=[0.5],
                 student_lrs=[(1e-4, 1e-3)])
     cells = paper.expand(grid)
-    f1 = {("none", 0): 0.82, ("none", 1): 0.78, ("pos", 0): 0.86}
+    f1 = {("none", 0): 0.82, ("none", 1): 0.78, ("msd", 0): 0.86, ("pos", 0): 0.87, ("pos", 1): 0.79}
 
     def row(c):
         t = 0.90 if c["method"] == "teacher" else f1[(c["method"], c["seed"])]
@@ -564,6 +565,9 @@ def test_full_report_share_pairs_seeds(tmp_path):
     rows = [row(c) for c in cells if c["method"] == "teacher" or (c["method"], c["seed"]) in f1]
     text = full_report.report(rows, set(), (1e-4, 1e-3), tmp_path / "full_runs.jsonl")
     # paired on seed 0: (86 - 82) / (90 - 82) = 50%; the unpaired means would give (86 - 80) / (90 - 80) = 60%
-    assert "| pos | 86.00 (n=1) | 50.00 (n=1) | 50%* |" in text
+    assert "| msd | 86.00 (n=1) | 50.00 (n=1) | 50%* |" in text
+    assert "| pos | 83.00 ± 5.66 (n=2) | 50.00 ± 0.00 (n=2) | 30% |" in text  # same seeds as none: no mark
     assert "seeds of this row and of `none` differ" in text
+    # MSD against Pos on seed 0: -1.00 (unpaired means would give 86 - 83 = +3.00 and call it met)
+    assert "msd − pos -1.00 (per seed: -1.00)" in text and "target MSD >= Pos and >= Struct: **not met**" in text
     assert full_report.paired_share(90.0, {0: 0.86, 1: 0.84}, {0: 0.82, 1: 0.78}) == pytest.approx(0.5)
